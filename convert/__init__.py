@@ -1,0 +1,1 @@
+"""Workstation tools: train, quantise, evaluate and flash the emotion model."""
