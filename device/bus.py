@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from typing import Protocol, runtime_checkable
 
 __all__ = ["Bus", "Output"]
@@ -111,12 +112,14 @@ class Bus:
             subscriber.offer(event)
 
     def stop(self, timeout: float = 1.5) -> None:
-        """Drain and stop outputs in reverse start order, each within ``timeout`` seconds."""
+        """Drain and stop outputs in reverse start order, all within ``timeout`` seconds."""
         with self._lock:
             subscribers, self._subscribers = self._subscribers, []
-        for subscriber in reversed(subscribers):
+        deadline = time.monotonic() + timeout
+        for subscriber in subscribers:
             subscriber.offer(_STOP)
-            subscriber.thread.join(timeout)
+        for subscriber in reversed(subscribers):
+            subscriber.thread.join(max(0.0, deadline - time.monotonic()))
             if subscriber.thread.is_alive():
                 log.warning("output %s did not drain in %.1f s", subscriber.output.name, timeout)
             try:

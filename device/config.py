@@ -128,25 +128,22 @@ class ConfigError(Exception):
 
 def _line_of(text: str, loc: tuple[Any, ...]) -> int | None:
     """The 1-based line of the dotted key ``loc`` in TOML ``text``, best effort."""
-    if not loc:
+    parts = [str(part) for part in loc if not isinstance(part, int)]
+    if not parts:
         return None
-    *sections, key = [str(part) for part in loc if not isinstance(part, int)]
+    *sections, key = parts
     header = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
     key_re = re.compile(rf"^\s*(\"?){re.escape(key)}\1\s*=")
-    current = ""
-    wanted = ".".join(sections)
+    current, wanted = "", ".".join(sections)
     for number, line in enumerate(text.splitlines(), start=1):
         match = header.match(line)
         if match:
             current = match.group(1)
-            if not key and current == wanted:
+            if current == ".".join(parts):  # the key is itself a [section]
                 return number
-            continue
-        if current == wanted and key_re.match(line):
+        elif current == wanted and key_re.match(line):
             return number
-    if sections:
-        return _line_of(text, tuple(sections))
-    return None
+    return _line_of(text, tuple(sections)) if sections else None
 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:

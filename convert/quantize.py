@@ -1,0 +1,189 @@
+"""``python -m convert quantize``: a Keras checkpoint -> full-integer int8 TFLite (and a float twin).
+
+Full-integer post-training quantisation with a representative set of Training
+faces, preprocessed exactly as in training. Only builtin int8 kernels are
+allowed, so the model runs in tflite-runtime 2.14 as well as ai-edge-litert:
+weights-only ("dynamic range") quantisation would emit FULLY_CONNECTED v12,
+which 2.14 refuses to load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+from convert.data import Split, default_data_dir, load_splits
+from device.preprocess import FACE_SIZE, quantize_input
+
+__all__ = [
+    "QuantizedModel",
+    "add_arguments",
+    "convert_float",
+    "convert_int8",
+    "main",
+    "min_runtime_version",
+    "op_versions",
+    "quantize",
+    "representative_faces",
+]
+
+log = logging.getLogger(__name__)
+
+#: The box feeds one face per invoke; a fixed batch keeps every tensor static.
+INPUT_SHAPE = (1, FACE_SIZE, FACE_SIZE, 1)
+
+
+@dataclass(frozen=True)
+class QuantizedModel:
+    """What ``quantize`` wrote, and the facts about it that the metadata needs."""
+
+    int8_path: Path
+    float_path: Path
+    name: str  # the Keras model's name, e.g. "moodnet32"
+    params: int
+    macs: int
+    min_runtime_version: str
+    calibration_faces: int
+
+
+def representative_faces(split: Split, count: int, seed: int = 0) -> np.ndarray:
+    """``count`` Training faces drawn evenly over the classes, so rare ones are calibrated too."""
+    rng = np.random.default_rng(seed)
+    per_class = max(1, count // 7)
+    picked = []
+    for label in range(7):
+        idx = np.flatnonzero(split.labels == label)
+        picked.extend(rng.choice(idx, size=min(per_class, len(idx)), replace=False))
+    rest = np.setdiff1d(np.arange(len(split)), picked)
+    short = max(0, count - len(picked))
+    picked.extend(rng.choice(rest, size=min(short, len(rest)), replace=False))
+    return split.faces[np.sort(np.array(picked, dtype=np.int64))]
+
+
+def _concrete_function(model):
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec(INPUT_SHAPE, tf.float32, name="face")])
+    def serve(face):
+        return model(face, training=False)
+
+    return serve.get_concrete_function()
+
+
+def convert_float(model) -> bytes:
+    """The float32 TFLite model (benchmarks and the float-vs-int8 comparison)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(model)], model)
+    return converter.convert()
+
+
+def convert_int8(model, faces: np.ndarray) -> bytes:
+    """Full-integer int8 TFLite calibrated on equalised uint8 ``faces`` (N, 48, 48)."""
+    import tensorflow as tf
+
+    # The same real values the network was trained on: pixel / 255.
+    real = quantize_input(faces, 0.0, 0, np.float32)
+
+    def representative():
+        for face in real:
+            yield [face[np.newaxis]]
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(model)], model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def _schema() -> ModuleType:
+    """The TFLite flatbuffer schema from whichever runtime this environment has."""
+    for name in ("ai_edge_litert.schema_py_generated", "tensorflow.lite.python.schema_py_generated"):
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise ImportError("reading .tflite metadata needs ai-edge-litert or tensorflow")
+
+
+def min_runtime_version(model_bytes: bytes) -> str:
+    """The converter's ``min_runtime_version`` metadata entry (e.g. ``"2.3.0"``)."""
+    schema = _schema()
+    model = schema.Model.GetRootAsModel(model_bytes, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() == b"min_runtime_version":
+            data = model.Buffers(entry.Buffer()).DataAsNumpy()
+            return bytes(data).split(b"\0", 1)[0].decode("ascii")
+    raise ValueError("the model has no min_runtime_version metadata")
+
+
+def op_versions(model_bytes: bytes) -> dict[str, int]:
+    """Builtin operator name -> version, as a runtime checks them when it loads the model."""
+    schema = _schema()
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAsModel(model_bytes, 0)
+    ops: dict[str, int] = {}
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        op = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        name = names.get(op, str(op))
+        ops[name] = max(ops.get(name, 0), code.Version())
+    return ops
+
+
+def quantize(keras_path: Path, training: Split, out_dir: Path, name: str, samples: int = 500, seed: int = 0) -> QuantizedModel:
+    """Write ``<out_dir>/<name>.tflite`` (int8) and ``<name>_float.tflite``."""
+    import keras
+
+    from convert.model import count_macs
+
+    model = keras.models.load_model(keras_path, compile=False)
+    faces = representative_faces(training, samples, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    int8_path, float_path = out_dir / f"{name}.tflite", out_dir / f"{name}_float.tflite"
+    log.info("calibrating %s on %d Training faces", keras_path, len(faces))
+    int8 = convert_int8(model, faces)
+    _write(int8_path, int8)
+    _write(float_path, convert_float(model))
+    return QuantizedModel(
+        int8_path=int8_path,
+        float_path=float_path,
+        name=model.name,
+        params=int(model.count_params()),
+        macs=count_macs(model),
+        min_runtime_version=min_runtime_version(int8),
+        calibration_faces=len(faces),
+    )
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help="Keras checkpoint, e.g. runs/moodnet/best.keras")
+    parser.add_argument("--data", default=str(default_data_dir() / "fer2013.csv.gz"),
+                        help="training data for calibration: Kaggle CSV or image-folder root (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("build"), help="output folder (default: %(default)s)")
+    parser.add_argument("--name", default="emotion_int8", help="file stem of the int8 model (default: %(default)s)")
+    parser.add_argument("--samples", type=int, default=500, help="calibration faces (default: %(default)s)")
+
+
+def main(args: argparse.Namespace) -> int:
+    training = load_splits(args.data)["Training"]
+    result = quantize(args.model, training, args.out, args.name, args.samples)
+    print(f"int8:  {result.int8_path} ({result.int8_path.stat().st_size:,} bytes, "
+          f"min runtime {result.min_runtime_version})")
+    print(f"float: {result.float_path} ({result.float_path.stat().st_size:,} bytes)")
+    return 0
