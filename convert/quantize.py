@@ -10,27 +10,37 @@ which 2.14 refuses to load.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
+import json
 import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from convert.data import Split, default_data_dir, load_splits
-from device.preprocess import FACE_SIZE, quantize_input
+from device.preprocess import CROP_MARGIN, EMOTIONS, FACE_SIZE, quantize_input
 
 __all__ = [
     "QuantizedModel",
     "add_arguments",
     "convert_float",
     "convert_int8",
+    "describe",
     "main",
     "min_runtime_version",
     "op_versions",
     "quantize",
     "representative_faces",
+    "write_atomic",
+    "write_json",
 ]
 
 log = logging.getLogger(__name__)
@@ -41,14 +51,12 @@ INPUT_SHAPE = (1, FACE_SIZE, FACE_SIZE, 1)
 
 @dataclass(frozen=True)
 class QuantizedModel:
-    """What ``quantize`` wrote, and the facts about it that the metadata needs."""
+    """The two models ``quantize`` wrote, each with its contract metadata JSON beside it."""
 
     int8_path: Path
     float_path: Path
-    name: str  # the Keras model's name, e.g. "moodnet32"
-    params: int
-    macs: int
-    min_runtime_version: str
+    int8_metadata: dict[str, Any]
+    float_metadata: dict[str, Any]
     calibration_faces: int
 
 
@@ -66,22 +74,23 @@ def representative_faces(split: Split, count: int, seed: int = 0) -> np.ndarray:
     return split.faces[np.sort(np.array(picked, dtype=np.int64))]
 
 
-def _concrete_function(model):
+@contextmanager
+def _converter(model) -> Iterator:
+    """A converter for ``model`` exported with a fixed batch of one face."""
     import tensorflow as tf
 
-    @tf.function(input_signature=[tf.TensorSpec(INPUT_SHAPE, tf.float32, name="face")])
-    def serve(face):
-        return model(face, training=False)
-
-    return serve.get_concrete_function()
+    with tempfile.TemporaryDirectory(prefix="moodbox-export-") as tmp:
+        model.export(tmp, format="tf_saved_model", verbose=False,
+                     input_signature=[tf.TensorSpec(INPUT_SHAPE, tf.float32, name="face")])
+        yield tf.lite.TFLiteConverter.from_saved_model(tmp)
 
 
 def convert_float(model) -> bytes:
     """The float32 TFLite model (benchmarks and the float-vs-int8 comparison)."""
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(model)], model)
-    return converter.convert()
+    with _converter(model) as converter:
+        return converter.convert()
 
 
 def convert_int8(model, faces: np.ndarray) -> bytes:
@@ -95,13 +104,13 @@ def convert_int8(model, faces: np.ndarray) -> bytes:
         for face in real:
             yield [face[np.newaxis]]
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(model)], model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    return converter.convert()
+    with _converter(model) as converter:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+        return converter.convert()
 
 
 def _schema() -> ModuleType:
@@ -140,32 +149,71 @@ def op_versions(model_bytes: bytes) -> dict[str, int]:
     return ops
 
 
+def describe(model_path: Path, name: str, params: int, macs: int) -> dict[str, Any]:
+    """The metadata contract the box checks (``device.emotion``) for the .tflite at ``model_path``.
+
+    ``ship`` adds the evaluation figures, data splits and training run to it.
+    """
+    from device.emotion import METADATA_FORMAT, load_runtime
+
+    content = model_path.read_bytes()
+    interpreter = load_runtime().interpreter(model_content=content)
+    interpreter.allocate_tensors()
+    sha = hashlib.sha256(content).hexdigest()
+    created = datetime.now(timezone.utc)
+    return {
+        "format": METADATA_FORMAT,
+        "name": name,
+        "version": f"{created:%Y%m%d}-{sha[:8]}",
+        "labels": list(EMOTIONS),
+        "input": {**_tensor_spec(interpreter.get_input_details()[0]), "real_range": [0.0, 1.0]},
+        "output": _tensor_spec(interpreter.get_output_details()[0]),
+        "preprocessing": {"equalize_hist": True, "crop_margin": CROP_MARGIN, "face_size": FACE_SIZE, "color": "gray"},
+        "sha256": sha,
+        "size_bytes": len(content),
+        "min_runtime_version": min_runtime_version(content),
+        "ops": op_versions(content),
+        "params": params,
+        "macs": macs,
+        "flip_tta": False,
+        "created": created.isoformat(timespec="seconds"),
+    }
+
+
+def _tensor_spec(details: dict[str, Any]) -> dict[str, Any]:
+    scale, zero_point = details["quantization"]
+    return {"shape": [int(v) for v in details["shape"]], "dtype": np.dtype(details["dtype"]).name,
+            "scale": float(scale), "zero_point": int(zero_point)}
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    write_atomic(path, (json.dumps(data, indent=1) + "\n").encode())
+
+
 def quantize(keras_path: Path, training: Split, out_dir: Path, name: str, samples: int = 500, seed: int = 0) -> QuantizedModel:
-    """Write ``<out_dir>/<name>.tflite`` (int8) and ``<name>_float.tflite``."""
+    """Write ``<out_dir>/<name>.tflite`` (int8) and ``<name>_float.tflite``, each with its ``.json``."""
     import keras
 
     from convert.model import count_macs
 
     model = keras.models.load_model(keras_path, compile=False)
+    params, macs = int(model.count_params()), count_macs(model)
     faces = representative_faces(training, samples, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     int8_path, float_path = out_dir / f"{name}.tflite", out_dir / f"{name}_float.tflite"
     log.info("calibrating %s on %d Training faces", keras_path, len(faces))
-    int8 = convert_int8(model, faces)
-    _write(int8_path, int8)
-    _write(float_path, convert_float(model))
-    return QuantizedModel(
-        int8_path=int8_path,
-        float_path=float_path,
-        name=model.name,
-        params=int(model.count_params()),
-        macs=count_macs(model),
-        min_runtime_version=min_runtime_version(int8),
-        calibration_faces=len(faces),
-    )
+    write_atomic(int8_path, convert_int8(model, faces))
+    write_atomic(float_path, convert_float(model))
+    metas = []
+    for path in (int8_path, float_path):
+        meta = describe(path, model.name, params, macs)
+        write_json(path.with_suffix(".json"), meta)
+        metas.append(meta)
+    return QuantizedModel(int8_path, float_path, metas[0], metas[1], len(faces))
 
 
-def _write(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write beside, then rename: a reader sees the old file or the new one, never half of one."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
@@ -183,7 +231,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     training = load_splits(args.data)["Training"]
     result = quantize(args.model, training, args.out, args.name, args.samples)
-    print(f"int8:  {result.int8_path} ({result.int8_path.stat().st_size:,} bytes, "
-          f"min runtime {result.min_runtime_version})")
-    print(f"float: {result.float_path} ({result.float_path.stat().st_size:,} bytes)")
+    for path, meta in ((result.int8_path, result.int8_metadata), (result.float_path, result.float_metadata)):
+        spec = meta["input"]
+        print(f"{path}: {meta['size_bytes']:,} bytes, input {spec['dtype']} scale {spec['scale']:.6f} "
+              f"zero-point {spec['zero_point']}, min runtime {meta['min_runtime_version']}")
     return 0

@@ -16,6 +16,7 @@ __all__ = ["COMMAND_MODULES", "main"]
 
 COMMAND_MODULES = [
     "device.cli",
+    "device.mqtt_cli",
 ]
 
 

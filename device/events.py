@@ -22,6 +22,10 @@ __all__ = [
     "NO_FACE",
     "PipelineStats",
     "Shutdown",
+    "Feedback",
+    "PlaybackState",
+    "TrackFinished",
+    "TrackStarted",
 ]
 
 #: The mood reported when nobody has been in view for a while.
@@ -112,3 +116,66 @@ class Shutdown:
     """The daemon is stopping; outputs flush and say goodbye."""
 
     reason: str = "stop"
+
+
+@dataclass(frozen=True)
+class TrackStarted:
+    """A track began on the Spotify device, as read back from the player (not assumed)."""
+
+    uri: str
+    name: str
+    artists: str
+    album: str
+    duration_ms: int
+    playlist: str  # our playlist's name; "" when the music is not one of ours
+    playlist_uri: str
+    policy: str  # uplift, match, iso, off, or "user" for a playlist the user asked for
+    target: str  # the policy's target, e.g. "calm", "iso sad 2/3"
+    mood: str  # the stable mood when it began
+    started: float  # wall-clock (epoch) seconds
+
+
+@dataclass(frozen=True)
+class TrackFinished:
+    """A track ended (or was skipped or paused); the moods tell whether it helped."""
+
+    uri: str
+    name: str
+    playlist_uri: str
+    mood_before: str
+    mood_during: str  # the mood seen longest while it played
+    mood_after: str
+    improved: bool | None  # None: not judged (skipped, paused, nobody there)
+    completed: bool  # played to its end
+    feedback: str | None  # "like" or "skip" from the user
+    played_s: float
+
+
+@dataclass(frozen=True)
+class PlaybackState:
+    """Now playing, published when it changes: for the display and Home Assistant."""
+
+    playing: bool
+    track: str
+    artists: str
+    album: str
+    playlist: str
+    policy: str
+    target: str
+    device: str
+    volume: int | None
+    duration_ms: int
+    progress_ms: int  # at ``updated``
+    updated: float  # wall-clock (epoch) seconds
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """A like or skip for the current track, from MQTT or a button."""
+
+    value: str  # "like" or "skip"
+    track_uri: str
+    track: str
+    playlist_uri: str
+    mood: str
+    source: str = "local"

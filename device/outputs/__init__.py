@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 OUTPUT_MODULES = [
     "device.outputs.log",
+    "device.outputs.mqtt",
+    "device.outputs.display",
 ]
 
 

@@ -1,0 +1,166 @@
+"""``moodbox mqtt``: forget this box on the broker, check the connection, print the topic tables.
+
+``forget`` publishes empty retained payloads on every discovery topic the box
+may have used (both discovery modes) and on its retained state, mood and
+availability: Home Assistant then removes the device. Stop the daemon first,
+or it announces itself again on its next (re)connect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+
+from device.config import EX_CONFIG, Config, ConfigError, load_config
+from device.discovery import all_discovery_topics, entities_markdown
+from device.outputs.mqtt import AUTH_REASONS, box_id_for, make_client, sanitize_box_id
+from device.topics import AVAILABILITY, MOOD, STATE, commands_markdown, topic, topics_markdown
+
+__all__ = ["EX_NOPERM", "EX_UNAVAILABLE", "BrokerError", "connect_once", "forget", "probe", "register"]
+
+#: sysexits.h: the broker cannot be reached / refused our credentials.
+EX_UNAVAILABLE = 69
+EX_NOPERM = 77
+
+
+class BrokerError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def connect_once(config: Config, box_id: str, timeout: float = 10.0):
+    """A connected paho client (network loop running), or BrokerError saying why not.
+
+    Uses its own client id: reusing the daemon's would make the broker drop the daemon.
+    """
+    cfg = config.mqtt
+    client = make_client(cfg, f"moodbox-{box_id}-cli", config.resolve)
+    done = threading.Event()
+    outcome: dict[str, object] = {}
+
+    def on_connect(client, userdata, flags, reason_code, properties) -> None:
+        outcome["reason"] = reason_code
+        done.set()
+
+    client.on_connect = on_connect
+    where = f"{cfg.host}:{cfg.port}"
+    try:
+        client.connect(cfg.host, cfg.port, cfg.keepalive)
+    except OSError as exc:
+        raise BrokerError(f"cannot connect to {where}: {exc}", EX_UNAVAILABLE) from None
+    client.loop_start()
+    if not done.wait(timeout):
+        client.loop_stop()
+        raise BrokerError(f"no answer from {where} within {timeout:g} s", EX_UNAVAILABLE)
+    reason = outcome["reason"]
+    if reason.is_failure:  # type: ignore[attr-defined]
+        client.disconnect()
+        client.loop_stop()
+        if reason.value in AUTH_REASONS:  # type: ignore[attr-defined]
+            who = f"user {cfg.username!r}" if cfg.username else "anonymous clients"
+            raise BrokerError(f"{where} refused {who}: {reason}; check mqtt.username and the password "
+                              "(secrets.toml or MOODBOX_MQTT_PASSWORD)", EX_NOPERM)
+        raise BrokerError(f"{where} refused the connection: {reason}", EX_UNAVAILABLE)
+    return client
+
+
+def probe(config: Config, timeout: float = 10.0) -> tuple[bool, str]:
+    """(ok, one line for people): can this box connect and authenticate? For ``moodbox doctor`` too."""
+    try:
+        client = connect_once(config, box_id_for(config), timeout)
+    except (BrokerError, ValueError) as exc:
+        return False, str(exc)
+    client.disconnect()
+    client.loop_stop()
+    cfg = config.mqtt
+    tls = " over TLS" if cfg.tls or cfg.tls_ca or cfg.tls_cert else ""
+    who = f" as {cfg.username!r}" if cfg.username else ""
+    return True, f"connected to {cfg.host}:{cfg.port}{tls}{who}"
+
+
+def forget(config: Config, box_id: str, timeout: float = 10.0) -> list[str]:
+    """Clear every retained topic of ``box_id``; returns the topics cleared."""
+    cfg = config.mqtt
+    base = cfg.base_topic.replace("{box_id}", box_id)
+    topics = all_discovery_topics(cfg.discovery_prefix, box_id) + [topic(base, t) for t in (STATE, MOOD, AVAILABILITY)]
+    client = connect_once(config, box_id, timeout)
+    try:
+        sent = [client.publish(t, b"", qos=1, retain=True) for t in topics]
+        for info in sent:
+            info.wait_for_publish(timeout)
+            if not info.is_published():
+                raise BrokerError(f"the broker did not confirm clearing within {timeout:g} s", EX_UNAVAILABLE)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return topics
+
+
+def _config(path: str | None) -> Config | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return None
+
+
+def _forget_command(args: argparse.Namespace) -> int:
+    config = _config(args.config)
+    if config is None:
+        return EX_CONFIG
+    box_id = sanitize_box_id(args.box_id) if args.box_id else box_id_for(config)
+    try:
+        cleared = forget(config, box_id, args.timeout)
+    except (BrokerError, ValueError) as exc:
+        print(f"moodbox mqtt forget: {exc}", file=sys.stderr)
+        return getattr(exc, "code", EX_CONFIG)
+    print(f"box {box_id}: cleared {len(cleared)} retained topics on {config.mqtt.host}:{config.mqtt.port}")
+    for name in cleared:
+        print(f"  {name}")
+    return 0
+
+
+def _check_command(args: argparse.Namespace) -> int:
+    config = _config(args.config)
+    if config is None:
+        return EX_CONFIG
+    if not config.mqtt.enabled and not args.force:
+        print("MQTT is disabled ([mqtt] enabled = false); nothing to check (--force checks anyway)")
+        return 0
+    ok, line = probe(config, args.timeout)
+    print(f"{'✔' if ok else '✖'} MQTT {line}")
+    return 0 if ok else 1
+
+
+def _topics_command(args: argparse.Namespace) -> int:
+    print("## Topics\n")
+    print(topics_markdown())
+    print("\n## Commands\n")
+    print(commands_markdown())
+    print("\n## Home Assistant entities\n")
+    print(entities_markdown())
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("mqtt", help="MQTT and Home Assistant: forget, check, topics")
+    actions = parser.add_subparsers(dest="mqtt_action", required=True, metavar="ACTION")
+
+    forget_parser = actions.add_parser(
+        "forget", help="remove this box from Home Assistant: clear its retained discovery, state, mood and "
+        "availability (stop the daemon first)")
+    forget_parser.add_argument("--config", help="config file (default /etc/moodbox/config.toml)")
+    forget_parser.add_argument("--box-id", help="forget another box (default: this one's id)")
+    forget_parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker")
+    forget_parser.set_defaults(func=_forget_command)
+
+    check_parser = actions.add_parser("check", help="connect and authenticate once, then say how it went")
+    check_parser.add_argument("--config", help="config file (default /etc/moodbox/config.toml)")
+    check_parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the broker")
+    check_parser.add_argument("--force", action="store_true", help="check even when [mqtt] enabled = false")
+    check_parser.set_defaults(func=_check_command)
+
+    topics_parser = actions.add_parser("topics", help="print the topic, command and entity tables (markdown)")
+    topics_parser.set_defaults(func=_topics_command)
