@@ -29,15 +29,19 @@ from device.preprocess import EMOTIONS, FACE_SIZE, quantize_input
 
 __all__ = [
     "ORIGINAL_TEST_NAME",
+    "SPLIT_KEYS",
     "Metrics",
     "Predictor",
-    "SPLIT_KEYS",
-    "evaluate",
-    "keras_predictor",
-    "default_original",
+    "add_arguments",
+    "add_data_arguments",
     "eval_splits",
+    "evaluate",
+    "evaluate_split",
+    "keras_predictor",
     "load_eval_splits",
+    "main",
     "ms_per_face",
+    "original_path",
     "plot_confusion",
     "plot_history",
     "predictor_for",
@@ -150,7 +154,9 @@ def evaluate_split(predictor: Predictor, split: Split, flip_tta: bool) -> dict[s
     return result
 
 
-def eval_splits(source: str, loaded: dict[str, Split], original: str | Path | None = None) -> dict[str, tuple[str, Split]]:
+def eval_splits(
+    source: str, loaded: dict[str, Split], original: str | Path | None = None
+) -> dict[str, tuple[str, Split]]:
     """Report key -> (source file name, split) for PublicTest and PrivateTest, plus the original pixels."""
     splits = {SPLIT_KEYS[u]: (source, loaded[u]) for u in SPLIT_KEYS if u in loaded and len(loaded[u])}
     if original:
@@ -168,12 +174,6 @@ def load_eval_splits(data: str | Path, original: str | Path | None) -> dict[str,
     data = Path(data)
     loaded = load_folder(data) if data.is_dir() else load_csv(data, tuple(SPLIT_KEYS))
     return eval_splits(data.name, loaded, original)
-
-
-def default_original(data: str | Path) -> Path | None:
-    """The original-pixel test CSV beside ``data``, if it is there."""
-    candidate = Path(data).parent / ORIGINAL_TEST_NAME
-    return candidate if candidate.exists() else None
 
 
 def ms_per_face(model: str | Path, threads: int = 1, runs: int = 200) -> dict[str, Any]:
@@ -269,10 +269,9 @@ def evaluate(
     splits: dict[str, tuple[str, Split]],
     flip_tta: bool = True,
     threads: int = 1,
-    predictor: Predictor | None = None,
 ) -> dict[str, Any]:
-    """A JSON-ready report of ``model`` on each split (``predictor`` overrides how it is run)."""
-    predictor = predictor or predictor_for(model, threads)
+    """The report of ``model`` on each split; ``report_json`` makes it plain JSON."""
+    predictor = predictor_for(model, threads)
     results = {}
     for key, (source, split) in splits.items():
         started = time.perf_counter()
@@ -335,13 +334,25 @@ def _has_matplotlib() -> bool:
     return True
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, type=Path, help=".tflite or .keras model")
-    parser.add_argument("--data", default=str(default_data_dir() / "fer2013.csv.gz"),
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--data`` and ``--original``, shared with ``ship``; ``original_path`` resolves the latter."""
+    parser.add_argument("--data", type=Path, default=default_data_dir() / "fer2013.csv.gz",
                         help="Kaggle CSV or image-folder root (default: %(default)s)")
     parser.add_argument("--original", default=None,
                         help=f"original-pixel test CSV (default: {ORIGINAL_TEST_NAME} beside --data if present; "
                              "'' to skip)")
+
+
+def original_path(args: argparse.Namespace) -> Path | None:
+    if args.original is None:
+        candidate = args.data.parent / ORIGINAL_TEST_NAME
+        return candidate if candidate.exists() else None
+    return Path(args.original) if args.original else None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path, help=".tflite or .keras model")
+    add_data_arguments(parser)
     parser.add_argument("--no-flip-tta", dest="flip_tta", action="store_false",
                         help="skip the horizontal-flip test-time augmentation pass")
     parser.add_argument("--out", type=Path, default=None,
@@ -352,8 +363,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    original = default_original(args.data) if args.original is None else (args.original or None)
-    report = evaluate(args.model, load_eval_splits(args.data, original), args.flip_tta, args.threads)
+    report = evaluate(args.model, load_eval_splits(args.data, original_path(args)), args.flip_tta, args.threads)
     if args.timing and args.model.suffix == ".tflite":
         report["speed"] = ms_per_face(args.model, args.threads)
     for key, result in report["results"].items():

@@ -31,7 +31,7 @@ import subprocess
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from convert.evaluate import sha256_file
@@ -90,7 +90,8 @@ def parse_target(text: str, stem: str = DEFAULT_STEM) -> Target:
     if match:
         directory = match["dir"] or DEFAULT_BOX_DIR
         if directory.endswith(".tflite"):
-            directory, stem = directory.rsplit("/", 1)[0] if "/" in directory else ".", Path(directory).stem
+            remote = PurePosixPath(directory)
+            directory, stem = str(remote.parent), remote.stem
         return Target(match["login"], directory.rstrip("/") or "/", stem)
     path = Path(text)
     if path.suffix == ".tflite":
@@ -140,7 +141,8 @@ def install_local(model: Path, target: Target, sha256: str) -> Path:
     directory = Path(target.directory)
     if not directory.is_dir():
         raise FlashError(f"{directory}: no such folder (create it, or point TARGET at the box's model folder)")
-    pairs = [(model, directory / f"{target.stem}.tflite"), (model.with_suffix(".json"), directory / f"{target.stem}.json")]
+    pairs = [(model, directory / f"{target.stem}.tflite"),
+             (model.with_suffix(".json"), directory / f"{target.stem}.json")]
     staged = [(src, live.with_name(f".{live.name}.new"), live) for src, live in pairs]
     try:
         for src, new, _ in staged:
@@ -169,7 +171,7 @@ def _checked(runner: Runner, argv: Sequence[str], what: str) -> str:
     done = runner(argv)
     if done.returncode != 0:
         detail = (done.stderr or done.stdout or "").strip()
-        raise FlashError(f"{what} failed ({shlex.join(argv)}): exit {done.returncode}{': ' + detail if detail else ''}")
+        raise FlashError(f"{what} failed (exit {done.returncode}){': ' + detail if detail else ''}")
     return done.stdout
 
 
@@ -183,7 +185,7 @@ def remote_install_script(stage: str, target: Target, sha256: str, sudo: bool) -
     return "\n".join([
         "set -e",
         f"trap 'rm -rf {q(stage)}; {do}rm -f {q(new_model)} {q(new_meta)}' EXIT",
-        f"test -d {q(directory)} || {{ echo 'no folder {directory} on the box' >&2; exit 3; }}",
+        f"test -d {q(directory)} || {{ echo {q(f'no folder {directory} on the box')} >&2; exit 3; }}",
         f"{do}install -m 0644 {q(stage + '/model.tflite')} {q(new_model)}",
         f"{do}install -m 0644 {q(stage + '/model.json')} {q(new_meta)}",
         f"test \"$(sha256sum < {q(new_model)} | cut -d' ' -f1)\" = {q(sha256)} || "
@@ -205,9 +207,14 @@ def install_remote(model: Path, target: Target, sha256: str, runner: Runner = _r
     stage = stage.strip()
     if not stage.startswith("/tmp/moodbox-flash."):
         raise FlashError(f"unexpected answer from mktemp on {target.login}: {stage!r}")
-    _checked(runner, ["scp", "-q", *_SSH_OPTIONS, str(model), f"{target.login}:{stage}/model.tflite"], "scp of the model")
-    _checked(runner, ["scp", "-q", *_SSH_OPTIONS, str(model.with_suffix(".json")), f"{target.login}:{stage}/model.json"],
-             "scp of the metadata")
+    try:
+        for src, name in ((model, "model.tflite"), (model.with_suffix(".json"), "model.json")):
+            scp = ["scp", "-q", *_SSH_OPTIONS, str(src), f"{target.login}:{stage}/{name}"]
+            _checked(runner, scp, f"scp of {src.name}")
+    except FlashError:
+        runner([*ssh, f"rm -rf {shlex.quote(stage)}"])
+        raise
+    # The script removes the staging folder itself, whatever happens.
     _checked(runner, [*ssh, remote_install_script(stage, target, sha256, sudo)], "installing on the box")
     return f"{target.directory}/{target.stem}.tflite"
 
@@ -235,7 +242,10 @@ def request_reload(settings: MqttSettings) -> dict[str, Any]:
 
     Raises FlashError when the broker refuses us or no answer comes within the timeout.
     """
-    import paho.mqtt.client as mqtt
+    try:
+        import paho.mqtt.client as mqtt
+    except ImportError:
+        raise FlashError("asking the daemon over MQTT needs paho-mqtt (pip install paho-mqtt)") from None
 
     from device.topics import RESPONSE, command_topic, topic
 
@@ -292,6 +302,10 @@ def flash(
     sudo: bool | None = None,
 ) -> int:
     """Validate, install, reload. Exit code 0 when reloaded (or reload skipped), 2 when installed but not reloaded."""
+    if reload == "auto":
+        reload = "mqtt" if mqtt else ("restart" if target.login else "none")
+    if reload == "mqtt" and mqtt is None:
+        raise FlashError("--reload mqtt needs --mqtt HOST")
     meta = validate(model)
     if sudo is None:
         # The box's model folder belongs to the service user; restarting a unit needs root too.
@@ -302,11 +316,7 @@ def flash(
         installed = str(install_local(model, target, meta["sha256"]))
     print(f"installed {meta.get('name')} version {meta.get('version')} as {target}")
 
-    if reload == "auto":
-        reload = "mqtt" if mqtt else ("restart" if target.login else "none")
-    if reload == "mqtt":
-        if mqtt is None:
-            raise FlashError("--reload mqtt needs --mqtt HOST")
+    if reload == "mqtt" and mqtt is not None:
         try:
             answer = request_reload(mqtt)
         except FlashError as exc:
@@ -332,7 +342,8 @@ def flash(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("target", help=f"local folder or .tflite path, or user@host[:dir] (dir default {DEFAULT_BOX_DIR})")
+    parser.add_argument("target",
+                        help=f"local folder or .tflite path, or user@host[:dir] (dir default {DEFAULT_BOX_DIR})")
     parser.add_argument("--model", type=Path, default=Path("models") / f"{DEFAULT_STEM}.tflite",
                         help="the shipped model; its .json must sit beside it (default: %(default)s)")
     parser.add_argument("--as", dest="stem", default=DEFAULT_STEM,

@@ -190,7 +190,9 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     write_atomic(path, (json.dumps(data, indent=1) + "\n").encode())
 
 
-def quantize(keras_path: Path, training: Split, out_dir: Path, name: str, samples: int = 500, seed: int = 0) -> QuantizedModel:
+def quantize(
+    keras_path: Path, training: Split, out_dir: Path, name: str, samples: int = 500, seed: int = 0
+) -> QuantizedModel:
     """Write ``<out_dir>/<name>.tflite`` (int8) and ``<name>_float.tflite``, each with its ``.json``."""
     import keras
 

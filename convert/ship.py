@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from convert import evaluate as ev
-from convert.data import default_data_dir, load_splits
+from convert.data import load_splits
 from convert.quantize import quantize, write_atomic, write_json
 from device.preprocess import EMOTIONS
 
@@ -116,11 +116,7 @@ def ship(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path, help="Keras checkpoint, e.g. runs/moodnet/best.keras")
-    parser.add_argument("--data", type=Path, default=default_data_dir() / "fer2013.csv.gz",
-                        help="Kaggle CSV or image-folder root (default: %(default)s)")
-    parser.add_argument("--original", default=None,
-                        help=f"original-pixel test CSV (default: {ev.ORIGINAL_TEST_NAME} beside --data if present; "
-                             "'' to skip)")
+    ev.add_data_arguments(parser)
     parser.add_argument("--state", type=Path, default=None,
                         help="the run's state.json (default: the one beside --model, if any)")
     parser.add_argument("--out", type=Path, default=Path("models"), help="model folder (default: %(default)s)")
@@ -136,10 +132,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    original = ev.default_original(args.data) if args.original is None else (Path(args.original) if args.original else None)
+    original = ev.original_path(args)
     state = args.state or args.model.parent / "state.json"
-    meta = ship(args.model, args.data, args.out, args.name, args.docs, args.build or Path("build") / args.name,
-                original, state if state.exists() else None, args.samples, args.flip_tta, args.threads)
+    build = args.build or Path("build") / args.name
+    meta = ship(args.model, args.data, args.out, args.name, args.docs, build, original,
+                state if state.exists() else None, args.samples, args.flip_tta, args.threads)
     print(f"{args.out / args.name}.tflite: {meta['size_bytes']:,} bytes, sha256 {meta['sha256'][:12]}…, "
           f"{meta['params']:,} params, {meta['macs'] / 1e6:.0f} M MACs, min runtime {meta['min_runtime_version']}")
     for key, fig in meta["accuracy"].items():
@@ -148,8 +145,9 @@ def main(args: argparse.Namespace) -> int:
               f"macro-F1 int8 {fig['macro_f1_int8']:.4f}")
     for kind, s in meta["speed"].items():
         print(f"{kind}: {s['ms_median']:.2f} ms/face ({s['runtime']}, {s['threads']} thread)")
-    private = meta["accuracy"].get("private_test", {})
-    if "float" in private and private["float"] - private["int8"] > 0.005:
-        log.warning("int8 loses %.1f pt against float on PrivateTest: consider quantisation-aware fine-tuning",
-                    100 * (private["float"] - private["int8"]))
+    # Decided on PublicTest: PrivateTest only reports.
+    public = meta["accuracy"].get("public_test", {})
+    if "float" in public and public["float"] - public["int8"] > 0.005:
+        log.warning("int8 loses %.1f pt against float on PublicTest: consider quantisation-aware fine-tuning",
+                    100 * (public["float"] - public["int8"]))
     return 0

@@ -17,6 +17,8 @@ __all__ = ["COMMAND_MODULES", "main"]
 COMMAND_MODULES = [
     "device.cli",
     "device.mqtt_cli",
+    "device.music.cli",
+    "device.doctor",
 ]
 
 

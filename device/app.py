@@ -29,11 +29,9 @@ from device.events import (
     CommandResult,
     ComponentState,
     FaceReading,
-    ModelLoaded,
     PipelineStats,
     Shutdown,
 )
-from device.preprocess import EMOTIONS
 
 __all__ = ["DAEMON_COMMANDS", "Daemon", "Parts", "install_signal_handlers"]
 
@@ -149,10 +147,10 @@ class Daemon:
         stabiliser = self.parts.stabiliser
         now = self.clock()
         if value in (None, "clear"):
-            change = stabiliser.clear_override(now)
+            change = stabiliser.cancel_override()
         else:
             mood, minutes = value
-            change = stabiliser.override(mood, now + float(minutes) * 60.0, now)
+            change = stabiliser.override(mood, now + float(minutes) * 60.0)
         if change is not None:
             self.bus.publish(change)
 
@@ -184,8 +182,7 @@ class Daemon:
             self.camera = None
 
     def _publish_model(self) -> None:
-        info = self.parts.classifier.info
-        self.bus.publish(ModelLoaded(info.path, info.version, info.sha256, info.accuracy))
+        self.bus.publish(self.parts.classifier.info.loaded_event())
 
     # -- the loop -------------------------------------------------------
 
@@ -251,7 +248,7 @@ class Daemon:
         return PipelineStats(
             fps=t.fps(), capture_ms=t.mean(t.capture), detect_ms=t.mean(t.detect),
             classify_ms=t.mean(t.classify), frames=t.frames, faces=t.faces, face_present=self.face_present,
-            probabilities=dict(zip(EMOTIONS, map(float, smoothed))) if smoothed is not None else None,
+            probabilities=smoothed,
         )
 
     def run(self) -> int:

@@ -56,8 +56,9 @@ def build_daemon(config: Config, context: OutputContext, extra_outputs: list | N
     else:
         notifier = Notifier.from_environment()
     classifier = EmotionClassifier.from_config(config)
+    camera_path = config.resolve(config.camera.path) if config.camera.source == "replay" else None
     parts = Parts(
-        camera_factory=lambda: open_camera(config.camera),
+        camera_factory=lambda: open_camera(config.camera, camera_path),
         detector=FaceDetector(config.detector),
         classifier=classifier,
         stabiliser=Stabiliser(config.mood),
@@ -125,7 +126,8 @@ def _demo_config(config: Config, source: Path, out: Path) -> Config:
     camera = config.camera.model_copy(update={"source": "replay", "path": str(source), "loop": False})
     pipeline = config.pipeline.model_copy(update={"stats_interval_s": 1.0})
     state = config.state.model_copy(update={"dir": str(out / "state")})
-    return config.model_copy(update={"camera": camera, "pipeline": pipeline, "state": state})
+    display = config.display.model_copy(update={"emulator_dir": str(out / "display")})
+    return config.model_copy(update={"camera": camera, "pipeline": pipeline, "state": state, "display": display})
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -141,7 +143,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         from device.demo_input import write_demo_frames
 
-        source = write_demo_frames(out / "input")
+        # 12 s of a face, then 12 s of an empty room: long enough to see a mood
+        # settle (smoothing + dwell) and then give way to no_face.
+        source = write_demo_frames(out / "input", face_frames=120, empty_frames=120)
     config = _demo_config(config, source, out)
     context = OutputContext(state_dir=out / "state", demo=True, box_id=_box_id(config), version=__version__)
     context.state_dir.mkdir(parents=True, exist_ok=True)

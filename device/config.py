@@ -106,7 +106,7 @@ class MqttConfig(Section):
     tls_cert: str = Field("", description="client certificate (PEM), for brokers that require one")
     tls_key: str = Field("", description="private key of tls_cert (PEM, no passphrase)")
     tls_insecure: bool = Field(False, description="skip the broker host name check (the chain is still checked)")
-    box_id: str = Field("", max_length=64, description="this box's id in topics; empty derives one from /etc/machine-id")
+    box_id: str = Field("", max_length=64, description="id in topics; empty derives one from /etc/machine-id")
     base_topic: str = Field("moodbox/{box_id}", description="prefix of every topic this box uses")
     discovery_prefix: str = Field("homeassistant", description="Home Assistant's MQTT discovery prefix")
     discovery: Literal["device", "per_entity", "off"] = Field(

@@ -16,9 +16,11 @@ import importlib.metadata
 import json
 import logging
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -220,10 +222,22 @@ def _check_tensors(path: Path, meta: dict[str, Any], interpreter: Any) -> tuple[
 
 
 def _accuracy(meta: dict[str, Any], flip_tta: bool) -> float | None:
-    private = meta.get("accuracy", {}).get("private_test", {})
+    accuracy = meta.get("accuracy")
+    private = accuracy.get("private_test") if isinstance(accuracy, dict) else None
+    if not isinstance(private, dict):
+        return None
     value = private.get("int8_flip_tta") if flip_tta else None
     value = private.get("int8") if value is None else value
     return float(value) if isinstance(value, (int, float)) else None
+
+
+@contextmanager
+def _malformed_metadata(path: Path) -> Iterator[None]:
+    """Metadata with the right keys but wrong kinds of values is refused, not a crash."""
+    try:
+        yield
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise _refuse(path, f"metadata malformed: {exc!r}") from None
 
 
 def _probe_face() -> np.ndarray:
@@ -241,16 +255,15 @@ def _load(path: Path, runtime: Runtime, threads: int, flip_tta: bool) -> _Model:
     except OSError as exc:
         raise _refuse(path, f"cannot read it: {exc.strerror or exc}") from None
     # Hash before the interpreter sees the bytes: a damaged flatbuffer can crash it.
-    try:
+    with _malformed_metadata(path):
         _check_metadata(path, meta, content)
-    except (AttributeError, KeyError, TypeError, ValueError) as exc:
-        raise _refuse(path, f"metadata malformed: {exc!r}") from None
     try:
         interpreter = runtime.interpreter(model_content=content, num_threads=threads)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise _refuse(path, f"{runtime} cannot load it: {exc}") from None
-    inp, out = _check_tensors(path, meta, interpreter)
+    with _malformed_metadata(path):
+        inp, out = _check_tensors(path, meta, interpreter)
     out_scale, out_zero_point = out["quantization"]
     info = ModelInfo(
         path=str(path),

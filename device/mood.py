@@ -11,7 +11,7 @@ The chain, per face reading:
    weight is ``1 - exp(-dt/tau)`` where ``dt`` is the time since the previous
    reading, so irregular frame intervals weigh each reading by the time it
    stands for. The average is bias-corrected (divided by its total weight), so
-   after a start or a reset it is the plain mean of the few readings so far
+   after a start or a reset it is the time-weighted mean of the readings so far
    rather than being pulled towards the first one or towards a made-up prior.
 2. The smoothed top class becomes the candidate when it reaches
    ``confidence`` and, while an emotion is current, beats that emotion's

@@ -188,6 +188,16 @@ def _whole(value: Any, low: int, high: int, what: str = "") -> int:
     return int(number)
 
 
+def _feedback(value: Any) -> str:
+    # The music engine records a dislike as a skip: the track stops and counts against its playlist.
+    text = _text(value)
+    if text == "like":
+        return "like"
+    if text in ("dislike", "skip"):
+        return "skip"
+    raise InvalidValue("must be like or dislike (skip)")
+
+
 def _volume(value: Any) -> int:
     return _whole(value, 0, 100)
 
@@ -234,8 +244,8 @@ COMMANDS: dict[str, CommandSpec] = {spec.name: spec for spec in (
     CommandSpec("policy", "music", "how moods map to music", " / ".join(f"`{p}`" for p in POLICIES), "str",
                 _choice(*POLICIES), "uplift"),
     CommandSpec("volume", "music", "playback volume, percent", "`0`-`100`", "int", _volume, "40"),
-    CommandSpec("feedback", "music", "rate the current track", "`like` / `dislike`", "str",
-                _choice("like", "dislike"), "like"),
+    CommandSpec("feedback", "music", "rate the current track; dislike also skips it",
+                "`like` / `dislike` (or `skip`)", "\"like\" or \"skip\"", _feedback, "like"),
     CommandSpec("camera", "daemon", "privacy switch: off stops the camera", "`on` / `off` (or true/false)", "bool",
                 _switch, "off"),
     CommandSpec("reload_model", "daemon", "re-read the model file (after `convert flash`)",

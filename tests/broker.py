@@ -305,9 +305,12 @@ class Observer:
         with self._cond:
             return {m.topic: m for m in self.messages if m.retain and m.topic != self._marker}
 
-    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False, wait: bool = True):
+        """Publish; with ``wait`` until the broker has it (QoS 1 PUBACK). Returns paho's MQTTMessageInfo."""
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        info.wait_for_publish(10)
+        if wait:
+            info.wait_for_publish(10)
+        return info
 
     def close(self) -> None:
         self._client.disconnect()

@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+import requests
+
 from device.config import SpotifyConfig
 from device.music.player import PlaybackSim, Track
 from device.music.spotify import SCOPES, TOKEN_FILE, TokenStore
@@ -107,12 +109,14 @@ class FakeSpotify:
         self.requests: list[Request] = []
         self.access_tokens: set[str] = set()
         self.refresh_tokens: set[str] = set()
+        self.issued: list[str] = [CLIENT_SECRET]  # every secret this server handed out, for log checks
         self._codes: dict[str, dict[str, str]] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fake-spotify", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), name="fake-spotify",
+                                        daemon=True)
 
     # -- lifecycle ------------------------------------------------------
 
@@ -183,6 +187,13 @@ class FakeSpotify:
         TokenStore(state_dir / TOKEN_FILE).save_token_to_cache(token)
         return token
 
+    def agree(self, authorize_url: str) -> str:
+        """What a person's browser does with the login link: open it, press Agree; returns the redirected address."""
+        answer = requests.get(authorize_url, allow_redirects=False, timeout=5)
+        if answer.status_code != 302:
+            raise AssertionError(f"authorize refused: {answer.status_code} {answer.text}")
+        return answer.headers["Location"]
+
     def revoke(self) -> None:
         """The user removed the app's access: every token stops working."""
         with self._lock:
@@ -199,6 +210,7 @@ class FakeSpotify:
         with self._lock:
             self.access_tokens.add(access)
             self.refresh_tokens.add(refresh)
+            self.issued += [access, refresh]
         return {"access_token": access, "token_type": "Bearer", "expires_in": expires_in,
                 "refresh_token": refresh, "scope": " ".join(SCOPES)}
 
@@ -260,6 +272,7 @@ class FakeSpotify:
         code = "code-" + secrets.token_urlsafe(16)
         with self._lock:
             self._codes[code] = {"redirect_uri": redirect, "challenge": query.get("code_challenge", "")}
+            self.issued.append(code)
         params = {"code": code}
         if "state" in query:
             params["state"] = query["state"]
@@ -270,6 +283,9 @@ class FakeSpotify:
         with_secret = basic == "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
         if basic and not with_secret:
             return 400, {"error": "invalid_client", "error_description": "Invalid client secret"}, {}
+        if form.get("code_verifier"):
+            with self._lock:
+                self.issued.append(form["code_verifier"])
         if not with_secret and form.get("client_id") != CLIENT_ID:
             return 400, {"error": "invalid_client", "error_description": "Invalid client"}, {}
         grant = form.get("grant_type")

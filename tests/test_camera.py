@@ -311,7 +311,8 @@ def test_a_replay_folder_that_vanishes_and_returns(tmp_path: Path) -> None:
     states.until(lambda s: s.state == "ok")
     frame = camera.latest(timeout=5)
     assert frame is not None and level(frame.image) in (10, 20, 30)
-    assert states.names() == ["ok", "camera_lost", "ok"] or states.names()[:2] == ["ok", "camera_lost"]
+    names = [n for n in states.names() if n != "starting"]
+    assert names[0] == "ok" and "camera_lost" in names and names[-1] == "ok", names
     camera.close()
 
 

@@ -38,6 +38,10 @@ BAR = 0.70
 TFLITE_214 = (2, 14, 0)
 
 
+def version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
 # -- synthetic data --------------------------------------------------------------------------------
 
 
@@ -47,7 +51,8 @@ def synthetic_raw(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     labels = np.arange(n) % 7
     faces = rng.integers(0, 120, (n, 48, 48)).astype(np.uint8)
     for face, label in zip(faces, labels):
-        face[label * 48 // 7 : (label + 1) * 48 // 7] = rng.integers(180, 256, ((label + 1) * 48 // 7 - label * 48 // 7, 48))
+        top, bottom = label * 48 // 7, (label + 1) * 48 // 7
+        face[top:bottom] = rng.integers(180, 256, (bottom - top, 48))
     return faces, labels
 
 
@@ -193,7 +198,8 @@ def chain(tmp_path_factory):
 
 def test_quantize_writes_int8_and_float_with_contract_metadata(chain):
     for stem, dtype in (("emotion_int8", "int8"), ("emotion_int8_float", "float32")):
-        model, meta = chain / "quantized" / f"{stem}.tflite", json.loads((chain / "quantized" / f"{stem}.json").read_text())
+        model = chain / "quantized" / f"{stem}.tflite"
+        meta = json.loads(model.with_suffix(".json").read_text())
         assert meta["input"]["dtype"] == dtype and meta["sha256"] == ev.sha256_file(model)
     assert "min runtime" in (chain / "stdout.txt").read_text()
 
@@ -211,7 +217,7 @@ def test_shipped_tiny_model_metadata(chain):
     assert meta["preprocessing"] == {"equalize_hist": True, "crop_margin": 0.1, "face_size": 48, "color": "gray"}
     assert meta["sha256"] == ev.sha256_file(model) and meta["size_bytes"] == model.stat().st_size
     assert meta["sha256"][:8] in meta["version"]
-    assert fl._version_tuple(meta["min_runtime_version"]) <= TFLITE_214
+    assert version(meta["min_runtime_version"]) <= TFLITE_214
     assert meta["ops"].get("FULLY_CONNECTED", 0) < 12 and "DEQUANTIZE" not in meta["ops"]
     assert meta["params"] > 10_000 and meta["macs"] > meta["params"] and meta["flip_tta"] is False
     assert meta["data"] == {"source": "tiny.csv.gz", "train": "Training", "tune": "PublicTest",
@@ -274,8 +280,8 @@ def test_tiny_model_in_tflite_runtime_214(chain):
         "a, b = i.get_input_details()[0], i.get_output_details()[0]\n"
         "i.set_tensor(a['index'], np.zeros(a['shape'], a['dtype'])); i.invoke()\n"
         "y = i.get_tensor(b['index'])\n"
-        "print(json.dumps({'version': version('tflite-runtime'), 'in': [str(np.dtype(a['dtype'])), a['shape'].tolist()],"
-        " 'out': [str(np.dtype(b['dtype'])), y.shape]}))\n"
+        "print(json.dumps({'version': version('tflite-runtime'),"
+        " 'in': [str(np.dtype(a['dtype'])), a['shape'].tolist()], 'out': [str(np.dtype(b['dtype'])), y.shape]}))\n"
     )
     done = subprocess.run([str(python), "-c", script, str(chain / "models" / "emotion_int8.tflite")],
                           capture_output=True, text=True, timeout=120)
@@ -287,14 +293,15 @@ def test_tiny_model_in_tflite_runtime_214(chain):
 
 def test_evaluate_cli_without_tensorflow(chain, tmp_path):
     """``evaluate`` on a .tflite runs in the box's environment: no TensorFlow, no matplotlib needed."""
-    done = subprocess.run([sys.executable, "-m", "convert", "evaluate", "--model", str(chain / "models" / "emotion_int8.tflite"),
+    model = chain / "models" / "emotion_int8.tflite"
+    done = subprocess.run([sys.executable, "-m", "convert", "evaluate", "--model", str(model),
                            "--data", str(chain / "tiny.csv.gz"), "--original", str(chain / "original.csv"),
                            "--out", str(tmp_path), "--run", str(chain / "run")],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "private_test_original" in done.stdout and "ms/face" in done.stdout
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["sha256"] == ev.sha256_file(chain / "models" / "emotion_int8.tflite")
+    assert report["sha256"] == ev.sha256_file(model)
     assert report["speed"]["threads"] == 1
     assert set(report["results"]) == {"public_test", "private_test", "public_test_original", "private_test_original"}
     assert (tmp_path / "confusion_private_test.csv").exists()
@@ -334,7 +341,7 @@ def test_parse_target():
     assert fl.parse_target("pi@box:/srv/m/mine.tflite") == fl.Target("pi@box", "/srv/m", "mine")
     assert fl.parse_target("some/dir") == fl.Target(None, "some/dir", "emotion_int8")
     assert fl.parse_target("/x/y/other.tflite") == fl.Target(None, "/x/y", "other")
-    assert fl.parse_target("./pi@box") .login is None  # a path, not a login
+    assert fl.parse_target("./pi@box").login is None  # a path, not a login
 
 
 def test_flash_local_installs_atomically_and_keeps_the_old_pair(shipped, box, capsys):
@@ -530,7 +537,7 @@ def test_shipped_model_matches_its_metadata(shipped_model):
     assert meta["sha256"] == ev.sha256_file(shipped_model)
     assert meta["size_bytes"] == shipped_model.stat().st_size
     assert meta["labels"] == list(EMOTIONS)
-    assert fl._version_tuple(meta["min_runtime_version"]) <= TFLITE_214
+    assert version(meta["min_runtime_version"]) <= TFLITE_214
     assert meta["accuracy"]["private_test"]["int8"] >= BAR
 
 

@@ -268,6 +268,8 @@ REFUSALS = {
     "32x32 input, metadata lies": ("wrong_shape_int8", _meta(input__shape=[1, 48, 48, 1]),
                                    r"input shape expected \(1, 48, 48, 1\), model has \(1, 32, 32, 1\)"),
     "5 outputs": ("five_classes_int8", lambda p: None, r"output expected 7 values, model has 5 \(shape \[1, 5\]\)"),
+    "no softmax": ("logits_int8", lambda p: None, r"output is not a probability distribution .*must end in softmax"),
+    "non-numeric scale": ("tiny_int8", _meta(input__scale="1/255"), r"metadata malformed"),
 }
 
 

@@ -29,12 +29,13 @@ __all__ = ["MODELS", "build", "metadata_for", "synthetic_faces", "write_metadata
 
 REPO = Path(__file__).resolve().parent.parent
 
-#: What the builder writes: file stem -> (input side, classes, int8?, trained?).
+#: What the builder writes: file stem -> (input side, classes, int8?, trained?, softmax?).
 MODELS = {
-    "tiny_int8": (48, 7, True, True),
-    "tiny_float": (48, 7, False, True),
-    "wrong_shape_int8": (32, 7, True, False),
-    "five_classes_int8": (48, 5, True, False),
+    "tiny_int8": (48, 7, True, True, True),
+    "tiny_float": (48, 7, False, True, True),
+    "wrong_shape_int8": (32, 7, True, False, True),
+    "five_classes_int8": (48, 5, True, False, True),
+    "logits_int8": (48, 7, True, False, False),
 }
 EVAL_FACES = "tiny_eval_faces.npy"  # (N, 48, 48) uint8, equalised
 EVAL_LABELS = "tiny_eval_labels.npy"
@@ -146,13 +147,13 @@ def _main(out: Path) -> None:
     np.save(out / EVAL_FACES, eval_faces)
     np.save(out / EVAL_LABELS, eval_labels)
 
-    def cnn(side: int, classes: int):
+    def cnn(side: int, classes: int, softmax: bool = True):
         return keras.Sequential([
             keras.Input((side, side, 1)),
             layers.Conv2D(8, 3, strides=2, activation="relu"),
             layers.Conv2D(16, 3, strides=2, activation="relu"),
             layers.Flatten(),
-            layers.Dense(classes, activation="softmax"),
+            layers.Dense(classes, activation="softmax" if softmax else None),
         ])
 
     trained = cnn(48, 7)
@@ -166,8 +167,8 @@ def _main(out: Path) -> None:
     accuracy = float((float_probs.argmax(1) == eval_labels).mean())
     print(f"tiny model: float accuracy {accuracy:.3f} on {len(eval_labels)} synthetic faces")
 
-    for stem, (side, classes, int8, is_trained) in MODELS.items():
-        model = trained if is_trained else cnn(side, classes)
+    for stem, (side, classes, int8, is_trained, softmax) in MODELS.items():
+        model = trained if is_trained else cnn(side, classes, softmax)
         representative = x[:200] if side == 48 else synthetic_faces(200, 3, side)[0][..., None] / np.float32(255)
         path = out / f"{stem}.tflite"
         path.write_bytes(_convert(model, representative.astype(np.float32) if int8 else None))

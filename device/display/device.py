@@ -7,6 +7,7 @@ without pygame, for the emulator) loses only its display.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,8 @@ def require(config: DisplayConfig) -> None:
         import luma.oled.device  # noqa: F401
         import smbus2  # noqa: F401
     elif config.driver == "emulator":
+        # pygame greets on import; keep the journal free of it.
+        os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
         import luma.emulator.device  # noqa: F401
         import pygame  # noqa: F401
     else:

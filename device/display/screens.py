@@ -7,6 +7,7 @@ margin on the right and bottom, which the burn-in shift moves into.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw, ImageFont
@@ -148,7 +149,8 @@ def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float) -> list[str]:
     return [_fit(line, font, width) for line in lines]
 
 
-def _marquee(image: Image.Image, text: str, font: ImageFont.FreeTypeFont, box: tuple[int, int, int], scroll: int) -> None:
+def _marquee(image: Image.Image, text: str, font: ImageFont.FreeTypeFont, box: tuple[int, int, int],
+             scroll: int) -> None:
     """Draw ``text`` from ``x0`` to ``x1`` on ``baseline``; too long, it runs past and wraps round."""
     x0, x1, baseline = box
     width = x1 - x0
@@ -163,7 +165,7 @@ def _marquee(image: Image.Image, text: str, font: ImageFont.FreeTypeFont, box: t
     offset = scroll % lap
     for start in (-offset, lap - offset):
         draw.text((start, ascent), text, font=font, fill=1, anchor="ls")
-    image.paste(strip, (x0, baseline - ascent))
+    image.paste(strip, (x0, baseline - ascent), mask=strip)  # lit pixels only: lines may touch
 
 
 def _status_row(image: Image.Image, status: StatusIcons, clock: str) -> None:
@@ -198,8 +200,9 @@ def _mood(image: Image.Image, view: MoodView) -> None:
     if view.mood == NO_FACE:
         _text(draw, x, 46, "nobody in view", f.small)
         return
-    _bar(draw, (x, 37, _RIGHT - 1, 45), view.confidence)
-    note = "set by hand" if view.override else f"{round(view.confidence * 100)}% sure"
+    confidence = min(max(view.confidence, 0.0), 1.0) if math.isfinite(view.confidence) else 0.0
+    _bar(draw, (x, 37, _RIGHT - 1, 45), confidence)
+    note = "set by hand" if view.override else f"{round(confidence * 100)}% sure"
     _text(draw, x, 58, note, f.small)
 
 

@@ -63,11 +63,11 @@ LINGER_S = 60.0
 #: A long title rests this long before it starts to scroll, s.
 SCROLL_DELAY_S = 1.5
 #: Scrolling speed, px/s; the frame rate cap decides how smooth it looks.
-SCROLL_PX_S = 16.0
+SCROLL_PX_S = 20.0
 
 #: (component, state) -> (title, what to do). Each hint line fits the screen: a test checks.
 MESSAGES = {
-    ("camera", "camera_lost"): ("No camera found", "Check the camera cable.\nRun: moodbox doctor"),
+    ("camera", "camera_lost"): ("No camera found", "Check the camera cable\nRun: moodbox doctor"),
     ("model", "refused"): ("Model refused", "Still using the old one.\nRun: moodbox doctor"),
     ("spotify", "login_needed"): ("Spotify login needed", "Run on the box:\nmoodbox spotify login"),
     ("spotify", "premium_required"): ("Premium needed", "Playing on speakers\nneeds Spotify Premium."),
@@ -240,7 +240,7 @@ def choose_view(state: DisplayState, now: float, clock: str = "", network: IconS
     elapsed = max(0.0, now - state.page_anchor)
     if mood is not None and int(elapsed // PAGE_S) % 2 == 0:
         return mood_view
-    shown_for = elapsed % PAGE_S if mood is not None else elapsed
+    shown_for = elapsed % PAGE_S  # the title starts from its beginning on every page turn
     scroll = int(max(0.0, shown_for - SCROLL_DELAY_S) * SCROLL_PX_S)
     return NowPlayingView(track.title, track.artist, track.playlist, track.policy, track.playing, scroll,
                           status, clock)

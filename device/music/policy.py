@@ -100,13 +100,13 @@ def iso_path(mood: str, tracks: int) -> list[Target]:
     if math.dist((start_v, start_a), (goal.valence, goal.arousal)) < 0.05:
         return [Target("iso", mood, f"iso {mood} 1/1", goal.valence, goal.arousal, tagged=True)]
     path = []
-    for step in range(tracks):
+    for step in range(tracks - 1):
         fraction = step / (tracks - 1)
         v = start_v + (goal.valence - start_v) * fraction
         a = start_a + (goal.arousal - start_a) * fraction
-        last = step == tracks - 1
-        path.append(Target("iso", mood, f"iso {mood} {step + 1}/{tracks}", v, a,
-                           tagged=last, step=step, steps=tracks))
+        path.append(Target("iso", mood, f"iso {mood} {step + 1}/{tracks}", v, a, step=step, steps=tracks))
+    path.append(Target("iso", mood, f"iso {mood} {tracks}/{tracks}", goal.valence, goal.arousal,
+                       tagged=True, step=tracks - 1, steps=tracks))
     return path
 
 

@@ -369,6 +369,11 @@ class SpotifyPlayer:
         ok, found = self._call("me", lambda c: c.me())
         return found if ok else None
 
+    def devices(self) -> list[dict[str, Any]] | None:
+        """The Connect devices Spotify sees, read-only (no transfer); None when the call failed (see health)."""
+        ok, found = self._call("devices", lambda c: c.devices())
+        return list((found or {}).get("devices") or []) if ok else None
+
 
 def _message(exc: SpotifyException) -> str:
     # spotipy prefixes the URL ("https://.../v1/me/player/play:\n message"); keep the message.

@@ -23,6 +23,7 @@ OUTPUT_MODULES = [
     "device.outputs.log",
     "device.outputs.mqtt",
     "device.outputs.display",
+    "device.outputs.music",
 ]
 
 

@@ -16,6 +16,7 @@ with exponential backoff; the rest of the box carries on.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import threading
@@ -73,7 +74,7 @@ def _hint(exc: BaseException, cfg: DisplayConfig) -> str:
     """What to try, for the errors a Pi's I2C bus gives."""
     if cfg.driver not in ("ssd1306", "sh1106"):
         return f"Check [display] driver = {cfg.driver!r} and emulator_dir."
-    if isinstance(exc, PermissionError) or type(exc).__name__ == "DevicePermissionError":
+    if isinstance(exc, PermissionError):
         return f"The service user needs access to /dev/i2c-{cfg.i2c_port} (the i2c group)."
     if isinstance(exc, FileNotFoundError):
         return "Turn I2C on: sudo raspi-config nonint do_i2c 0, then reboot."
@@ -151,10 +152,8 @@ class DisplayOutput:
                 log.warning("display thread did not stop (stuck in an I2C call?); leaving the panel as it is")
                 return
         if self.device is not None:
-            try:
+            with contextlib.suppress(*DEVICE_ERRORS):
                 self.device.cleanup()  # blank and switch off, so a stopped box burns nothing in
-            except DEVICE_ERRORS:
-                pass
             self.device = None
 
     # -- the render thread ---------------------------------------------------
@@ -269,12 +268,14 @@ def create(config: Config, context: Any) -> DisplayOutput | None:
     """The display output, or None when ``[display] enabled`` is false.
 
     In demo mode the display is always the emulator, writing PNG frames to
-    ``[display] emulator_dir`` (resolved against the config file's folder).
+    ``[display] emulator_dir`` (resolved against the config file's folder),
+    and never sleeps for the night.
     """
     cfg = config.display
     if not cfg.enabled:
         return None
     if context.demo:
-        cfg = cfg.model_copy(update={"driver": "emulator"})
+        # A demo shows every screen whatever the hour: no night.
+        cfg = cfg.model_copy(update={"driver": "emulator", "night_end": cfg.night_start})
     require(cfg)
     return DisplayOutput(cfg, opener(cfg, config.resolve(cfg.emulator_dir)), version=context.version)

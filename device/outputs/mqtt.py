@@ -480,10 +480,8 @@ class MqttOutput:
         self._update(**changes)
 
     def _on_feedback(self, event: Feedback) -> None:
-        with self._lock:
-            mood = self._state["mood"]
         self._event({"event": "feedback", "value": event.value, "track": event.track, "uri": event.track_uri,
-                     "mood": mood})
+                     "playlist_uri": event.playlist_uri, "mood": event.mood, "source": event.source})
 
     # -- publishing --
 
@@ -526,8 +524,8 @@ class MqttOutput:
         self._publish_state()
         with self._lock:
             mood = self._state["mood"]
-        if mood is not None:
-            self._publish(MOOD, mood)
+        # No mood yet (a fresh start): clear the retained one rather than leave a stale mood standing.
+        self._publish(MOOD, mood or "")
 
     def _publish(self, which: Topic, payload: str) -> None:
         # Not connected: QoS 0 is dropped (retained topics are re-sent on connect), QoS 1 waits in paho's queue.
