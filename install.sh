@@ -51,7 +51,7 @@ Usage: ./install.sh [--dev] [--pi] [--with-raspotify] [--with-mosquitto]
 
 Development (any Linux, Python >= 3.11; nothing outside the checkout unless --dev
 runs apt as root or through sudo):
-  (no option)       .venv with requirements/runtime.txt and the project (editable)
+  (no option)       .venv with requirements/runtime.txt + demo.txt and the project (editable)
   --dev             also requirements/dev.txt, .venv-tflite (Python 3.11, numpy 1.26,
                     tflite-runtime 2.14), .venv-convert (TensorFlow, requirements/convert.txt)
                     and apt packages: mosquitto, libsystemd-dev, pkg-config, gcc, shellcheck
@@ -273,7 +273,7 @@ dev_install() {
     local python=${PYTHON:-python3}
     have "$python" || die "$python not found: install Python 3.11 or newer (or set PYTHON=/path/to/python3)"
     python_at_least_311 "$python" || die "$python is $("$python" -V 2>&1): Moodbox needs Python 3.11 or newer"
-    local reqs=("$REPO/requirements/runtime.txt")
+    local reqs=("$REPO/requirements/runtime.txt" "$REPO/requirements/demo.txt")
     if ((DEV)); then
         dev_apt "$python"
         if pkg-config --exists libsystemd 2>/dev/null; then

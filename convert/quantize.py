@@ -87,8 +87,6 @@ def _converter(model) -> Iterator:
 
 def convert_float(model) -> bytes:
     """The float32 TFLite model (benchmarks and the float-vs-int8 comparison)."""
-    import tensorflow as tf
-
     with _converter(model) as converter:
         return converter.convert()
 

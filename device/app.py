@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: Commands the loop itself answers; outputs own the rest (see Output.commands).
 DAEMON_COMMANDS = frozenset({"camera", "reload_model", "mood"})
+#: Camera states in which no new frames are expected, so their absence is not a hang.
+_NO_FRAMES_EXPECTED = frozenset({"off", "camera_lost"})
 
 
 @dataclass
@@ -260,10 +262,12 @@ class Daemon:
             self.start()
             next_tick = self.clock()
             while not self.stop_event.is_set() and not self.end_of_input:
-                self.step()
-                # A ping per loop pass: a stuck loop (or a hung camera call) stops them.
+                processed = self.step()
                 if self.parts.notifier is not None:
-                    self.parts.notifier.watchdog()
+                    # Progress is a processed frame, or a camera we know is off or lost (its
+                    # own backoff handles that): a stuck loop or a silently frozen camera stops
+                    # the pings and systemd restarts us.
+                    self.parts.notifier.watchdog(progress=processed or self.camera_state in _NO_FRAMES_EXPECTED)
                 now = self.clock()
                 if now >= next_stats:
                     self.bus.publish(self.stats())

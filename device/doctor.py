@@ -15,7 +15,6 @@ Spotify token stays readable by the service.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os

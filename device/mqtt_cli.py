@@ -14,8 +14,9 @@ import threading
 
 from device.config import EX_CONFIG, Config, ConfigError, load_config
 from device.discovery import all_discovery_topics, entities_markdown
-from device.outputs.mqtt import AUTH_REASONS, box_id_for, make_client, sanitize_box_id
-from device.topics import AVAILABILITY, MOOD, STATE, commands_markdown, topic, topics_markdown
+from device.outputs.mqtt import AUTH_REASONS, make_client
+from device.topics import AVAILABILITY, MOOD, STATE, commands_markdown, sanitize_box_id, topic, topics_markdown
+from device.topics import box_id as configured_box_id
 
 __all__ = ["EX_NOPERM", "EX_UNAVAILABLE", "BrokerError", "connect_once", "forget", "probe", "register"]
 
@@ -69,7 +70,7 @@ def connect_once(config: Config, box_id: str, timeout: float = 10.0):
 def probe(config: Config, timeout: float = 10.0) -> tuple[bool, str]:
     """(ok, one line for people): can this box connect and authenticate? For ``moodbox doctor`` too."""
     try:
-        client = connect_once(config, box_id_for(config), timeout)
+        client = connect_once(config, configured_box_id(config), timeout)
     except (BrokerError, ValueError) as exc:
         return False, str(exc)
     client.disconnect()
@@ -110,13 +111,13 @@ def _forget_command(args: argparse.Namespace) -> int:
     config = _config(args.config)
     if config is None:
         return EX_CONFIG
-    box_id = sanitize_box_id(args.box_id) if args.box_id else box_id_for(config)
+    this_box = sanitize_box_id(args.box_id) if args.box_id else configured_box_id(config)
     try:
-        cleared = forget(config, box_id, args.timeout)
+        cleared = forget(config, this_box, args.timeout)
     except (BrokerError, ValueError) as exc:
         print(f"moodbox mqtt forget: {exc}", file=sys.stderr)
         return getattr(exc, "code", EX_CONFIG)
-    print(f"box {box_id}: cleared {len(cleared)} retained topics on {config.mqtt.host}:{config.mqtt.port}")
+    print(f"box {this_box}: cleared {len(cleared)} retained topics on {config.mqtt.host}:{config.mqtt.port}")
     for name in cleared:
         print(f"  {name}")
     return 0

@@ -22,13 +22,18 @@ Every command gets exactly one message on ``<base>/response``:
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import re
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from device.config import Config
 from device.events import NO_FACE
 from device.preprocess import EMOTIONS
 
@@ -52,15 +57,20 @@ __all__ = [
     "PayloadError",
     "Request",
     "Topic",
+    "box_id",
     "command_name",
     "command_topic",
     "commands_markdown",
     "commands_owned_by",
+    "derive_box_id",
     "parse_payload",
     "response_payload",
+    "sanitize_box_id",
     "topic",
     "topics_markdown",
 ]
+
+log = logging.getLogger(__name__)
 
 ONLINE = "online"
 OFFLINE = "offline"
@@ -70,6 +80,7 @@ POLICIES: tuple[str, ...] = ("uplift", "match", "iso", "off")
 TRANSACTION_MAX = 64
 OVERRIDE_DEFAULT_MINUTES = 30
 OVERRIDE_MAX_MINUTES = 1440
+MACHINE_ID = Path("/etc/machine-id")
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,39 @@ def command_name(base: str, full_topic: str) -> str | None:
     """The ``<command>`` of ``<base>/set/<command>`` (known or not), else None."""
     prefix = f"{base}/set/"
     return full_topic[len(prefix):] if full_topic.startswith(prefix) else None
+
+
+# --- box id -----------------------------------------------------------------
+
+
+def sanitize_box_id(text: str) -> str:
+    """Lower-case letters, digits, _ and - only (what HA allows in discovery topics), at most 32."""
+    return re.sub(r"[^a-z0-9_-]+", "_", text.strip().lower()).strip("_-")[:32]
+
+
+def derive_box_id(configured: str = "", machine_id: Path = MACHINE_ID) -> str:
+    """The configured id, sanitised; else a short hash of /etc/machine-id (else of the host name).
+
+    machine-id(5) asks applications not to publish the id itself, so it is
+    hashed with an application-specific prefix.
+    """
+    if configured:
+        clean = sanitize_box_id(configured)
+        if clean:
+            if clean != configured:
+                log.info("box id %r is used as %r in topics", configured, clean)
+            return clean
+        log.warning("box id %r has no usable characters; deriving one from the machine id", configured)
+    try:
+        raw = machine_id.read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        raw = ""
+    return hashlib.sha256(b"moodbox:" + (raw or socket.gethostname()).encode()).hexdigest()[:8]
+
+
+def box_id(config: Config) -> str:
+    """This box's id, for topics and ``OutputContext.box_id``: ``[mqtt] box_id`` or one derived from machine-id."""
+    return derive_box_id(config.mqtt.box_id)
 
 
 # --- command values ---------------------------------------------------------

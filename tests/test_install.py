@@ -143,7 +143,7 @@ def test_config_is_written_for_the_box_paths(repo, root):
     # Everything else is the repo's documented default, comments included.
     repo_lines = (repo / "config.toml").read_text().splitlines()
     box_lines = (root / "etc/moodbox/config.toml").read_text().splitlines()
-    assert [a for a, b in zip(repo_lines, box_lines) if a != b] == ['path = "models/emotion_int8.tflite"']
+    assert [a for a, b in zip(repo_lines, box_lines, strict=True) if a != b] == ['path = "models/emotion_int8.tflite"']
     assert stat.S_IMODE((root / "etc/moodbox").stat().st_mode) == 0o750
     assert stat.S_IMODE((root / "etc/moodbox/config.toml").stat().st_mode) == 0o640
     assert stat.S_IMODE((root / "var/lib/moodbox").stat().st_mode) == 0o700
@@ -247,10 +247,9 @@ def test_with_raspotify_names_the_receiver_after_the_box(repo, root):
     )
     result = install(repo, root, "--with-raspotify")
     log = commands(root)
-    assert "curl -fsSL -o /usr/share/keyrings/raspotify_key.asc https://dtcooper.github.io/raspotify/key.asc" in log
-    assert "apt-get install -y -q --no-install-recommends raspotify" in log
-    assert log.index("curl -fsSL -o /usr/share/keyrings/raspotify_key.asc https://dtcooper.github.io/raspotify/key.asc") \
-        < log.index("apt-get install -y -q --no-install-recommends raspotify")
+    key = "curl -fsSL -o /usr/share/keyrings/raspotify_key.asc https://dtcooper.github.io/raspotify/key.asc"
+    package = "apt-get install -y -q --no-install-recommends raspotify"
+    assert log.index(key) < log.index(package)
     assert "raspotify main" in (root / "etc/apt/sources.list.d/raspotify.list").read_text()
     assert (root / "etc/raspotify/conf").read_text().splitlines() == [
         "LIBRESPOT_QUIET=on",

@@ -104,8 +104,8 @@ def running(cfg: MqttConfig, box_id: str = "testbox", owner: Owner | None = None
     bus.attach(box.owner)
     bus.attach(box.output)
     try:
-        if wait:
-            wait_for(lambda: box.output.connected, what="the output to connect")
+        if wait:  # connected, announced, and said so on the bus
+            wait_for(lambda: [h.state for h in box.health()] == ["ok"], what="the output to connect")
         yield box
     finally:
         bus.stop()
@@ -434,7 +434,7 @@ def test_wrong_password_gives_auth_failed_and_a_clear_log_line(tmp_path, caplog,
         assert "check mqtt.username and the password" in lines[0]
         assert "wrong-battery-staple" not in caplog.text and "right-horse" not in caplog.text
         with running(config(broker, username="moodbox", password="right-horse", protocol=protocol), "box1") as box:
-            assert [h.state for h in box.health()] == ["ok"]
+            assert box.output.connected
 
 
 def test_tls_with_ca_and_client_certificate(tmp_path):

@@ -18,7 +18,6 @@ from device.discovery import (
     discovery_messages,
     entities_markdown,
 )
-from device.outputs.mqtt import derive_box_id, sanitize_box_id
 from device.preprocess import EMOTIONS
 from device.topics import (
     COMMANDS,
@@ -33,7 +32,9 @@ from device.topics import (
     command_topic,
     commands_markdown,
     commands_owned_by,
+    derive_box_id,
     parse_payload,
+    sanitize_box_id,
     topic,
     topics_markdown,
 )

@@ -195,7 +195,9 @@ class MusicEngine:
         log.info("music: %s -> %s (%s, %s)", reason, playlist.name, target.label, self.policy)
         if not self._play(playlist):
             self._want = (target, playlist)
-            self._retry_at = now + self._start_backoff.fail(self.player.ready_in())
+            # Rate limits and network errors: the player's own wait. A missing device or account: back off here.
+            waiting = self.player.ready_in()
+            self._retry_at = now + (waiting if waiting > 0 else self._start_backoff.fail())
             self.session = None
             self._health_changed()
             return False

@@ -15,11 +15,8 @@ the owner's ``CommandResult`` into the ``<base>/response`` message.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import re
-import socket
 import sys
 import threading
 import time
@@ -64,23 +61,22 @@ from device.topics import (
     command_topic,
     parse_payload,
     response_payload,
+    sanitize_box_id,
     topic,
 )
+from device.topics import box_id as box_id_for  # the name moodbox doctor imports
 
 __all__ = [
     "MqttOutput",
     "box_id_for",
     "build",
     "create",
-    "derive_box_id",
     "make_client",
     "read_cpu_temp",
-    "sanitize_box_id",
 ]
 
 log = logging.getLogger(__name__)
 
-MACHINE_ID = Path("/etc/machine-id")
 THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 #: CONNACK reasons that mean "fix the credentials": bad user name or password,
 #: not authorized, bad authentication method (paho maps 3.1.1's 4 and 5 here too).
@@ -89,39 +85,6 @@ AUTH_REASONS = frozenset({134, 135, 140})
 MAX_QUEUED = 256
 #: State keys an owner may confirm in ``CommandResult.data`` (e.g. music: {"policy": "iso"}).
 OWNER_STATE_KEYS = ("policy", "volume", "camera", "playing")
-
-
-# --- box id -----------------------------------------------------------------
-
-
-def sanitize_box_id(text: str) -> str:
-    """Lower-case letters, digits, _ and - only (what HA allows in discovery topics), at most 32."""
-    return re.sub(r"[^a-z0-9_-]+", "_", text.strip().lower()).strip("_-")[:32]
-
-
-def derive_box_id(configured: str = "", machine_id: Path = MACHINE_ID) -> str:
-    """The configured id, sanitised; else a short hash of /etc/machine-id (else of the host name).
-
-    machine-id(5) asks applications not to publish the id itself, so it is
-    hashed with an application-specific prefix.
-    """
-    if configured:
-        clean = sanitize_box_id(configured)
-        if clean:
-            if clean != configured:
-                log.info("box id %r is used as %r in topics", configured, clean)
-            return clean
-        log.warning("box id %r has no usable characters; deriving one from the machine id", configured)
-    try:
-        raw = machine_id.read_text(encoding="ascii", errors="replace").strip()
-    except OSError:
-        raw = ""
-    return hashlib.sha256(b"moodbox:" + (raw or socket.gethostname()).encode()).hexdigest()[:8]
-
-
-def box_id_for(config: Config) -> str:
-    """What the daemon puts in ``OutputContext.box_id``."""
-    return derive_box_id(config.mqtt.box_id)
 
 
 # --- client -----------------------------------------------------------------
@@ -212,6 +175,9 @@ class MqttOutput:
         self._thermal = thermal
         self._started = time.monotonic()
         self._lock = threading.Lock()
+        # Held from snapshot to publish, so the paho thread (announcing) and the bus thread (updating)
+        # cannot publish two snapshots in the opposite order and leave the older one retained.
+        self._send_lock = threading.Lock()
         self._stopping = threading.Event()
         self._connected = False
         self._health = "starting"
@@ -443,7 +409,7 @@ class MqttOutput:
         self._update(mood=event.mood, confidence=round(event.confidence, 4),
                      probabilities={k: round(v, 4) for k, v in event.probabilities.items()},
                      since=_now_iso(event.since), override=event.override)
-        self._publish(MOOD, event.mood)
+        self._publish_mood()
         self._event({"event": "mood_changed", "mood": event.mood, "previous": event.previous,
                      "confidence": round(event.confidence, 4), "override": event.override})
 
@@ -491,9 +457,17 @@ class MqttOutput:
         self._publish_state()
 
     def _publish_state(self) -> None:
-        with self._lock:
-            body = json.dumps(self._state, ensure_ascii=False, default=str)
-        self._publish(STATE, body)
+        with self._send_lock:
+            with self._lock:
+                body = json.dumps(self._state, ensure_ascii=False, default=str)
+            self._publish(STATE, body)
+
+    def _publish_mood(self) -> None:
+        with self._send_lock:
+            with self._lock:
+                mood = self._state["mood"]
+            # No mood yet (a fresh start): clear the retained one rather than leave a stale mood standing.
+            self._publish(MOOD, mood or "")
 
     def _error(self, text: str, source: str, command: Command | None = None) -> None:
         at = _now_iso()
@@ -522,10 +496,7 @@ class MqttOutput:
         for discovery_topic, payload in self._discovery:
             client.publish(discovery_topic, payload, qos=1, retain=True)
         self._publish_state()
-        with self._lock:
-            mood = self._state["mood"]
-        # No mood yet (a fresh start): clear the retained one rather than leave a stale mood standing.
-        self._publish(MOOD, mood or "")
+        self._publish_mood()
 
     def _publish(self, which: Topic, payload: str) -> None:
         # Not connected: QoS 0 is dropped (retained topics are re-sent on connect), QoS 1 waits in paho's queue.
@@ -555,5 +526,6 @@ def build(cfg: MqttConfig, box_id: str, version: str = __version__,
 def create(config: Config, context) -> MqttOutput | None:
     if not config.mqtt.enabled:
         return None
-    box_id = sanitize_box_id(context.box_id) or box_id_for(config)
-    return build(config.mqtt, box_id, context.version or __version__, resolve=config.resolve)
+    # The daemon fills context.box_id with device.topics.box_id(config); a bare context derives it here.
+    this_box = sanitize_box_id(context.box_id) or box_id_for(config)
+    return build(config.mqtt, this_box, context.version or __version__, resolve=config.resolve)
