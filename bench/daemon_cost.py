@@ -45,7 +45,7 @@ __all__ = ["ProcSample", "measure", "read_proc", "write_config"]
 REPO = Path(__file__).resolve().parent.parent
 MOSQUITTO = os.environ.get("MOODBOX_MOSQUITTO") or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 BOX_ID = "bench"
-#: The log output's line for the first mood of a run (device/outputs/log.py).
+#: The log output's line for the first mood of a run (device/outputs/eventlog.py).
 FIRST_MOOD = re.compile(r"mood None -> (\S+?),")
 #: Variables that would make the daemon think systemd started it, or ping someone else's watchdog.
 _SYSTEMD_ENV = ("INVOCATION_ID", "JOURNAL_STREAM", "WATCHDOG_USEC", "WATCHDOG_PID", "NOTIFY_SOCKET")
@@ -137,7 +137,7 @@ class _StatsListener:
 
         self.points: list[tuple[float, int]] = []
         self._topic = topic(f"moodbox/{BOX_ID}", STATS)
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="moodbox-bench")
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="moodbox-bench-listener")
         self._client.on_connect = lambda client, *_: client.subscribe(self._topic)
         self._client.on_message = self._record
         self._client.connect("127.0.0.1", port)
@@ -210,7 +210,7 @@ def _frames_processed(points: list[tuple[float, int]], start: float, end: float)
         if frames != last:
             fresh.append((at, frames))
             last = frames
-    inside = [(at, frames) for at, frames in fresh[1:] if start <= at <= end]  # fresh[0]: value before we listened
+    inside = [(at, frames) for at, frames in fresh if start <= at <= end]
     if len(inside) < 2:
         return None
     (t0, f0), (t1, f1) = inside[0], inside[-1]

@@ -53,9 +53,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Where the box finds its model: config.toml's ``models/emotion_int8.tflite``,
-#: relative to /etc/moodbox (the service's ConfigurationDirectory).
-DEFAULT_BOX_DIR = "/etc/moodbox/models"
+#: Where install.sh puts the model and points /etc/moodbox/config.toml's [model] path.
+DEFAULT_BOX_DIR = "/opt/moodbox/models"
 DEFAULT_STEM = "emotion_int8"
 SERVICE = "moodbox.service"
 #: Boxes on Bookworm's numpy 1.26 stack run tflite-runtime 2.14.

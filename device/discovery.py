@@ -46,6 +46,7 @@ __all__ = [
     "discovery_messages",
     "entities_markdown",
     "entity_topic",
+    "is_ours",
     "object_id",
     "origin",
     "unique_id",
@@ -221,6 +222,24 @@ def discovery_messages(identity: Identity, mode: str) -> list[tuple[str, str]]:
 def all_discovery_topics(prefix: str, box_id: str) -> list[str]:
     """Every discovery topic this box may have used, in either mode: what ``forget`` clears."""
     return [device_topic(prefix, box_id)] + [entity_topic(prefix, box_id, e) for e in ENTITIES]
+
+
+def is_ours(payload: bytes, box_id: str) -> bool:
+    """Whether a retained discovery payload was written by this box (not another device that happens
+    to use the same node id): only those may be cleared."""
+    try:
+        document = json.loads(payload)
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(document, dict):
+        return False
+    device = document.get("dev") or document.get("device")
+    identifiers = (device.get("identifiers") or device.get("ids") or []) if isinstance(device, dict) else []
+    if isinstance(identifiers, str):  # HA accepts a single identifier as a string
+        identifiers = [identifiers]
+    unique = document.get("unique_id") or document.get("uniq_id") or ""
+    return f"moodbox_{box_id}" in identifiers and (
+        "cmps" in document or "components" in document or str(unique).startswith(f"moodbox_{box_id}_"))
 
 
 def entities_markdown(box_id: str = "<box_id>") -> str:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
+import uuid
 
 from device.config import EX_CONFIG, Config, ConfigError, load_config
-from device.discovery import all_discovery_topics, entities_markdown
+from device.discovery import all_discovery_topics, entities_markdown, is_ours
 from device.outputs.mqtt import AUTH_REASONS, make_client
 from device.topics import AVAILABILITY, MOOD, STATE, commands_markdown, sanitize_box_id, topic, topics_markdown
 from device.topics import box_id as configured_box_id
@@ -81,13 +82,45 @@ def probe(config: Config, timeout: float = 10.0) -> tuple[bool, str]:
     return True, f"connected to {cfg.host}:{cfg.port}{tls}{who}"
 
 
+def _retained(client, topics: list[str], marker: str, timeout: float) -> dict[str, bytes]:
+    """The retained payloads on ``topics``: subscribe, then wait for a marker published to ourselves,
+    which the broker delivers only after the retained messages it sent on subscribe."""
+    found: dict[str, bytes] = {}
+    token = uuid.uuid4().hex.encode()
+    done = threading.Event()
+
+    def on_message(client, userdata, message) -> None:
+        if message.topic == marker and message.payload == token:
+            done.set()
+        elif message.retain and message.payload:
+            found[message.topic] = bytes(message.payload)
+
+    client.on_message = on_message
+    subscribed = threading.Event()
+    client.on_subscribe = lambda *args: subscribed.set()
+    client.subscribe([(t, 1) for t in (*topics, marker)])
+    if not subscribed.wait(timeout):
+        raise BrokerError(f"the broker did not confirm the subscription within {timeout:g} s", EX_UNAVAILABLE)
+    client.publish(marker, token, qos=1)
+    if not done.wait(timeout):
+        raise BrokerError(f"the broker did not echo our marker within {timeout:g} s", EX_UNAVAILABLE)
+    return found
+
+
 def forget(config: Config, box_id: str, timeout: float = 10.0) -> list[str]:
-    """Clear every retained topic of ``box_id``; returns the topics cleared."""
+    """Clear the retained topics of ``box_id``; returns the topics cleared.
+
+    Discovery topics are cleared only when their payload was written by this box: another device may
+    use the same node id in its own per-entity discovery topics.
+    """
     cfg = config.mqtt
     base = cfg.base_topic.replace("{box_id}", box_id)
-    topics = all_discovery_topics(cfg.discovery_prefix, box_id) + [topic(base, t) for t in (STATE, MOOD, AVAILABILITY)]
+    own = [topic(base, t) for t in (STATE, MOOD, AVAILABILITY)]
+    candidates = all_discovery_topics(cfg.discovery_prefix, box_id)
     client = connect_once(config, box_id, timeout)
     try:
+        found = _retained(client, candidates + own, f"{base}/forget/{uuid.uuid4().hex}", timeout)
+        topics = [t for t in candidates if t in found and is_ours(found[t], box_id)] + [t for t in own if t in found]
         sent = [client.publish(t, b"", qos=1, retain=True) for t in topics]
         for info in sent:
             info.wait_for_publish(timeout)

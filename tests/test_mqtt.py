@@ -39,6 +39,7 @@ from device.events import (
     TrackFinished,
     TrackStarted,
 )
+from device.outputs.log import LogOutput
 from device.outputs.mqtt import MqttOutput, build
 from device.topics import COMMANDS, MoodOverride
 
@@ -359,14 +360,15 @@ def test_every_command_round_trip(broker, observer, protocol):
 def test_owner_errors_and_silence_become_error_responses(broker, observer):
     owner = Owner(fail=frozenset({"next"}), silent=frozenset({"reload_model"}),
                   data={"policy": {"policy": "match"}})
-    with running(config(broker, command_timeout_s=1), "box1", owner=owner):
+    # Long enough for a loaded CI machine to answer "next", short enough to wait for reload_model's timeout.
+    with running(config(broker, command_timeout_s=3), "box1", owner=owner):
         observer.publish("moodbox/box1/set/next", '{"transaction": "n1"}')
         response = observer.wait("moodbox/box1/response", lambda m: m.json()["transaction"] == "n1").json()
         assert (response["status"], response["error"]) == ("error", "next refused by the owner")
         observer.wait("moodbox/box1/events", lambda m: m.json().get("transaction") == "n1")
         observer.publish("moodbox/box1/set/reload_model", '{"transaction": "r1"}')
         response = observer.wait("moodbox/box1/response", lambda m: m.json()["transaction"] == "r1").json()
-        assert response["error"] == "no answer from the daemon within 1 s"
+        assert response["error"] == "no answer from the daemon within 3 s"
         observer.publish("moodbox/box1/set/policy", "match")
         observer.wait("moodbox/box1/state", lambda m: m.json()["policy"] == "match")  # confirmed by the owner
 
@@ -420,14 +422,17 @@ def test_a_retained_command_is_refused_not_replayed(broker, observer):
 
 @pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_wrong_password_gives_auth_failed_and_a_clear_log_line(tmp_path, caplog, protocol):
-    caplog.set_level(logging.INFO, logger="device.outputs.mqtt")
+    caplog.set_level(logging.DEBUG)
     with Broker(tmp_path / "auth", users={"moodbox": "right-horse"}) as broker:
         cfg = config(broker, username="moodbox", password="wrong-battery-staple", protocol=protocol)
         with running(cfg, "box1", wait=False) as box:
+            box.bus.attach(LogOutput())  # the daemon's log output writes the line
             wait_for(lambda: box.health(), what="an mqtt ComponentState")
             (state,) = box.health()
             assert (state.component, state.state, state.error) == ("mqtt", "auth_failed", True)
             assert "refused user 'moodbox'" in state.detail and "Not authorized" in state.detail
+            wait_for(lambda: "mqtt auth_failed" in caplog.text, what="the log line")
+            wait_for(lambda: box.output._client._reconnect_delay, what="a retry")  # paho retried at least once
             assert not box.output.connected
         lines = [r.getMessage() for r in caplog.records if "auth_failed" in r.getMessage()]
         assert len(lines) == 1, "a retry loop must not repeat the log line"
@@ -498,6 +503,12 @@ def moodbox(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def test_mqtt_forget_clears_this_box_only(broker, tmp_path):
+    # Another device whose per-entity discovery uses "kitchen" as its node id too.
+    foreign_topic = "homeassistant/switch/kitchen/camera/config"
+    foreign = json.dumps({"name": "Camera", "unique_id": "tasmota_kitchen_camera", "command_topic": "tasmota/cmnd",
+                          "dev": {"identifiers": ["tasmota_ab12"]}})
+    with Observer(broker) as setup:
+        setup.publish(foreign_topic, foreign, retain=True)
     for box_id in ("kitchen", "bedroom"):
         with running(config(broker, discovery="per_entity" if box_id == "bedroom" else "device"), box_id) as box:
             box.bus.publish(mood())
@@ -509,8 +520,10 @@ def test_mqtt_forget_clears_this_box_only(broker, tmp_path):
     result = moodbox("mqtt", "forget", "--config", str(conf))
     assert result.returncode == 0, result.stderr
     assert "box kitchen: cleared" in result.stdout
+    assert foreign_topic not in result.stdout
     after = retained(broker)
-    assert not [t for t in after if "kitchen" in t]
+    assert [t for t in after if "kitchen" in t] == [foreign_topic]
+    assert after[foreign_topic].text == foreign  # neither the running box nor forget touched it
     assert {t for t in after if "bedroom" in t} == {t for t in before if "bedroom" in t}
 
 

@@ -17,6 +17,7 @@ from device.discovery import (
     all_discovery_topics,
     discovery_messages,
     entities_markdown,
+    is_ours,
 )
 from device.preprocess import EMOTIONS
 from device.topics import (
@@ -445,3 +446,13 @@ def test_unique_ids_differ_between_boxes():
         return {c["unique_id"] for c in json.loads(raw)["cmps"].values()}
 
     assert not ids("box_a") & ids("box_b")
+
+
+def test_only_this_boxs_discovery_counts_as_ours():
+    ((_, device), *_) = discovery_messages(identity("kitchen"), "device")
+    (_, entity), *_ = discovery_messages(identity("kitchen"), "per_entity")
+    assert is_ours(device.encode(), "kitchen") and is_ours(entity.encode(), "kitchen")
+    assert not is_ours(device.encode(), "kitchen2") and not is_ours(entity.encode(), "bedroom")
+    foreign = {"name": "Camera", "unique_id": "tasmota_kitchen_camera", "dev": {"identifiers": ["tasmota_ab12"]}}
+    for payload in (json.dumps(foreign), "[1]", "{", '{"dev": "x"}', ""):
+        assert not is_ours(payload.encode(), "kitchen")

@@ -52,7 +52,7 @@ def _code_from(pasted: str, redirect_uri: str, state: str) -> str:
     return query["code"]
 
 
-def login(config: Config, state_dir: Path, read_line: Callable[[str], str] = input,
+def login(config: Config, state_dir: Path, read_line: Callable[[str], str] | None = None,
           write: Callable[[str], None] = print) -> dict:
     """The headless Authorization Code login: print the link, take the pasted redirect, save the token.
 
@@ -70,7 +70,8 @@ def login(config: Config, state_dir: Path, read_line: Callable[[str], str] = inp
     write(f"1. Open this link on a phone or laptop and agree ({flow} login):\n\n   {manager.get_authorize_url()}\n")
     write(f"2. The browser then tries to open {spotify.redirect_uri}?code=... and shows an error page;\n"
           "   that is expected. Copy the whole address from its address bar.\n")
-    code = _code_from(read_line("3. Paste the address here: "), spotify.redirect_uri, state)
+    pasted = (read_line or input)("3. Paste the address here: ")
+    code = _code_from(pasted, spotify.redirect_uri, state)
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
         if isinstance(manager, SpotifyOAuth):

@@ -20,7 +20,7 @@ __all__ = ["OUTPUT_MODULES", "OutputContext", "build_outputs"]
 log = logging.getLogger(__name__)
 
 OUTPUT_MODULES = [
-    "device.outputs.log",
+    "device.outputs.eventlog",
     "device.outputs.mqtt",
     "device.outputs.display",
     "device.outputs.music",

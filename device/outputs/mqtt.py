@@ -31,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from device import __version__
 from device.bus import Bus
 from device.config import Config, MqttConfig, secret
-from device.discovery import Identity, all_discovery_topics, discovery_messages
+from device.discovery import Identity, all_discovery_topics, discovery_messages, is_ours
 from device.events import (
     CameraState,
     Command,
@@ -292,7 +292,8 @@ class MqttOutput:
             name = command_name(self._id.base, message.topic)
             if name is not None:
                 self._command(name, message.payload, message.retain)
-            elif message.topic in self._maybe_ours and message.topic not in self._ours and message.payload:
+            elif (message.topic in self._maybe_ours and message.topic not in self._ours
+                  and is_ours(message.payload, self._id.box_id)):
                 log.info("clearing stale discovery %s (discovery mode is %s)", message.topic, self._cfg.discovery)
                 client.publish(message.topic, b"", qos=1, retain=True)
         except Exception:  # an escaping exception would end paho's network thread
@@ -502,16 +503,14 @@ class MqttOutput:
         # Not connected: QoS 0 is dropped (retained topics are re-sent on connect), QoS 1 waits in paho's queue.
         self._client.publish(topic(self._id.base, which), payload, qos=which.qos, retain=which.retained)
 
-    def _set_health(self, state: str, detail: str, error: bool | None = None) -> None:
+    def _set_health(self, state: str, detail: str) -> None:
+        """Tell the bus once per change (the log output writes the line; a retry loop repeats nothing)."""
         with self._lock:
             if state == self._health:
                 return
             self._health = state
-        failed = state != "ok" if error is None else error
-        level = logging.ERROR if state in ("auth_failed", "refused") else logging.WARNING if failed else logging.INFO
-        log.log(level, "mqtt %s: %s", state, detail)
         if self._bus is not None:
-            self._bus.publish(ComponentState(component="mqtt", state=state, detail=detail, error=failed))
+            self._bus.publish(ComponentState(component="mqtt", state=state, detail=detail, error=state != "ok"))
 
 
 def build(cfg: MqttConfig, box_id: str, version: str = __version__,
