@@ -39,7 +39,7 @@ from device.events import (
     TrackFinished,
     TrackStarted,
 )
-from device.outputs.log import LogOutput
+from device.outputs.eventlog import LogOutput
 from device.outputs.mqtt import MqttOutput, build
 from device.topics import COMMANDS, MoodOverride
 

@@ -159,11 +159,11 @@ def test_changes_are_rate_limited(tmp_path):
     try:
         rig.mood("sad")
         rig.run(30)
-        rig.mood("happy")
+        rig.mood("angry")
         rig.run(2 * TRACK_S + 10 - 30)  # two boundaries, both within 400 s of the start
         assert len(rig.plays()) == 1 and len(rig.of(TrackStarted)) == 3
         rig.run(TRACK_S)
-        assert len(rig.plays()) == 2 and rig.contexts()[1] in uris("happy", "feelgood")
+        assert len(rig.plays()) == 2 and rig.contexts()[1] in uris("calm", "piano")
     finally:
         rig.close()
         rig.fake.stop()
@@ -177,6 +177,19 @@ def test_no_improvement_moves_to_another_playlist_for_the_mood(rig):
     (finished,) = rig.of(TrackFinished)
     assert finished.improved is False
     assert rig.engine.bandit.posterior("sad", first) == (1.0, 2.0)
+
+
+def test_a_new_target_the_playing_playlist_fits_keeps_it_playing(rig):
+    rig.mood("sad")
+    rig.run(30)
+    first = rig.contexts()[0]
+    rig.mood("happy")
+    rig.run(TRACK_S)
+    if first == URIS["feelgood"]:  # tagged for sad and happy: no restart, the target moves on
+        assert len(rig.plays()) == 1
+    else:
+        assert len(rig.plays()) == 2
+    assert rig.of(TrackStarted)[-1].target == "keep happy" and rig.engine.pending is None
 
 
 def test_improvement_keeps_the_playlist(rig):

@@ -370,15 +370,17 @@ class MusicEngine:
         session = self.session
         assert session is not None
         improved = self._finish(completed=self._reached_end(now))
+        target = session.target
         change = self._next_target(now, session, improved)
         if change is not None:
-            target, avoid, reason = change
-            playlist = self._choose(target, avoid)
-            same = (session.target is not None and target.key == session.target.key and playlist is not None
-                    and session.playlist is not None and playlist.uri == session.playlist.uri)
-            if playlist is not None and not same and self._change(target, reason, playlist):
+            wanted, avoid, reason = change
+            playlist = self._choose(wanted, avoid)
+            if playlist is not None and session.playlist is not None and playlist.uri == session.playlist.uri:
+                target, self.pending = wanted, None  # the playing playlist fits the new target too: keep it
+            elif playlist is not None and self._change(wanted, reason, playlist):
                 return
-        self.session = _Session(session.target, session.playlist, session.policy, self.mood, now)
+        self.session = _Session(target, session.playlist, target.policy if target else session.policy,
+                                self.mood, now)
         self._began(now, state)
 
     def _next_target(self, now: float, session: _Session,
@@ -395,7 +397,7 @@ class MusicEngine:
             return (target, None, "taking over") if target is not None else None
         if current.policy == "iso" and not current.final and current.mood == self.mood:
             return self._target(self.mood, current.step + 1) or current, None, "iso step"
-        if improved is False and session.playlist is not None:
+        if improved is False and session.playlist is not None and current.policy != "user":
             return current, session.playlist.uri, f"{session.mood_before} did not improve"
         return None
 
@@ -530,9 +532,7 @@ class MusicEngine:
         self.pending = None
         log.info("music: policy %s", value)
         if value == "off":
-            if self.session is not None:
-                self._pause("policy off")
-            return True, "", {"policy": value}
+            return self._pause("policy off"), "", {"policy": value}
         target = self._target(self.mood) if self.mood else None
         current = self.session.target if self.session is not None else None
         if target is not None and (current is None or current.key != target.key) and self.player.ready_in() == 0:
