@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections import Counter
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -44,16 +44,18 @@ def measure(frames_dir: Path, model: Path, count: int, warmup: int = 5,
     for frame in frames[:warmup]:
         one(frame)
     faces.reset()
-    samples, found, passes = [], 0, Counter()
+    samples, found, by_pass = [], 0, defaultdict(list)
     started = time.perf_counter()
     for frame in itertools.islice(itertools.cycle(frames), count):
         t0 = time.perf_counter()
         found += one(frame)
         samples.append((time.perf_counter() - t0) * 1000.0)
-        passes[faces.last_pass] += 1
+        by_pass[faces.last_pass].append(samples[-1])
     elapsed = time.perf_counter() - started
     return {"frames": count, "seconds": round(elapsed, 3), "fps": round(count / elapsed, 3),
             "faces_per_frame": round(found / count, 3), "ms_per_frame": summarise(samples).as_dict(),
-            "passes": dict(passes), "detect_width": config.detect_width, "scale_factor": config.scale_factor,
+            "passes": {kind: len(ms) for kind, ms in by_pass.items()},
+            "mean_ms_by_pass": {kind: round(sum(ms) / len(ms), 3) for kind, ms in by_pass.items()},
+            "detect_width": config.detect_width, "scale_factor": config.scale_factor,
             "region_frames": config.region_frames, "runtime": str(classifier.runtime), "threads": threads,
             "cv2": cv2.__version__, "cv2_threads": cv2.getNumThreads()}

@@ -29,6 +29,8 @@ MOOD_WEIGHTS = {"neutral": 0.30, "happy": 0.20, "sad": 0.15, "angry": 0.12, "sur
                 "disgust": 0.05}
 PLAYLISTS_PER_MOOD = 3
 FEEDBACK_RATE = 0.2  # share of tracks the listener likes or skips
+#: fixed: the paper's one playlist per mood; +switch: step 4, another playlist after a track that did not help;
+#: bandit: Thompson sampling with likes and skips. Moodbox runs "bandit+switch".
 STRATEGIES = ("fixed", "fixed+switch", "bandit", "bandit+switch")
 
 
@@ -72,8 +74,9 @@ def simulate(strategy: str, seed: int, songs: int = 200, feedback_weight: float 
     return regret
 
 
-def table(songs: int = 200, seeds: int = 20) -> dict[str, list[float]]:
-    return {strategy: [simulate(strategy, seed, songs) for seed in range(seeds)] for strategy in STRATEGIES}
+def table(songs: int = 200, seeds: int = 20, feedback_weight: float = 2.0) -> dict[str, list[float]]:
+    return {strategy: [simulate(strategy, seed, songs, feedback_weight) for seed in range(seeds)]
+            for strategy in STRATEGIES}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,11 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=20)
     args = parser.parse_args(argv)
     results = table(args.songs, args.seeds)
+    results["bandit+switch, no likes/skips"] = table(args.songs, args.seeds, feedback_weight=0.0)["bandit+switch"]
     fixed = statistics.mean(results["fixed"])
     print(f"cumulative regret over {args.songs} songs, mean (sd) over {args.seeds} seeds")
     for strategy, values in results.items():
         mean = statistics.mean(values)
-        print(f"  {strategy:<14} {mean:6.1f} ({statistics.stdev(values):4.1f})  {mean / fixed:5.0%} of fixed")
+        print(f"  {strategy:<30} {mean:6.1f} ({statistics.stdev(values):4.1f})  {mean / fixed:5.0%} of fixed")
     return 0
 
 

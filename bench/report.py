@@ -22,7 +22,8 @@ ESTIMATE_METHOD = (
     "stand in (its prime loop scores this kind of machine about level with a Pi 4, because integer division "
     "says nothing about SIMD image or int8 work). Int8 convolutions gain most from this machine's vector "
     "instructions (AVX-512 VNNI where present) and the Pi 4 has no dot-product instructions at all, so the "
-    "int8 model may be slower on a Pi 4 than estimated. Treat them as +-50 %, and replace them with figures "
+    "int8 model may be slower on a Pi 4 than estimated. The daemon's CPU here includes the replay camera's "
+    "JPEG decoding, which a Pi camera does not need. Treat them as +-50 %, and replace them with figures "
     "from `python -m bench` run on the Pi itself."
 )
 
@@ -137,15 +138,22 @@ def table(result: dict[str, Any]) -> str:
             continue
         lines.append(f"   {label:<50}{side['fps']:>8.2f}  {_ms(side['ms_per_frame']['median_ms']):>17}"
                      f"  {side['faces_per_frame']:>11.2f}")
+    by_pass = _get(pipe, "moodbox", "mean_ms_by_pass") or {}
+    if by_pass:
+        counts = pipe["moodbox"]["passes"]
+        lines.append("   Moodbox mean ms by search: " + ", ".join(
+            f"{kind} {ms:.1f} ms ({counts[kind]} frames)" for kind, ms in sorted(by_pass.items())))
     lines.append(f"   ratio: {_num(pipe.get('ratio'), '{:.1f}x')} (goal >= 20x)")
     d = result.get("daemon") or {}
-    lines += ["", f"3. Daemon at the default {_num(d.get('frames_per_s'), '{:.1f}')} fps "
+    lines += ["", f"3. Daemon at the default {_num(d.get('pipeline_fps'), '{:g}')} fps "
                   f"over {_num(d.get('window_s'), '{:.0f}')} s (after {_num(d.get('warmup_s'), '{:g}')} s warm-up)"]
     if d.get("status") == "ok":
         lines += [
             f"   CPU {d['cpu_pct_one_core']:.1f} % of one core (goal <= 10 %), "
             f"{_num(d['cpu_ms_per_frame'], '{:.2f}')} ms CPU per processed frame",
-            f"   frames: {d['frames']:.0f}, {d['frames_method']}",
+            f"   frames: {d['frames']:.0f} ({d['frames_per_s']:.2f}/s), {d['frames_method']}",
+            f"   of which the replay camera's JPEG decoding (none on a Pi camera): about "
+            f"{d['replay_decode_pct_one_core']:.1f} % of one core ({d['replay_decode_ms']:.1f} ms per captured frame)",
             f"   RSS steady {d['rss_mb_steady']:.1f} MB, peak {d['rss_mb_peak']:.1f} MB (goal <= 120 MB); "
             f"{d['threads']} threads; SIGTERM -> exit {d['exit_code']} in {_num(d['stop_s'], '{:.2f}')} s",
         ]

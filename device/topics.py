@@ -31,7 +31,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from device.config import Config
 from device.events import NO_FACE
@@ -93,7 +93,7 @@ class Topic:
     suffix: str
     retained: bool
     qos: int
-    direction: str  # "out": the box publishes; "in": the box subscribes
+    direction: str  # "out": the box publishes it; "in": the box listens (you publish)
     payload: str  # for people: what travels there
 
 
@@ -102,7 +102,7 @@ AVAILABILITY = Topic("availability", "availability", True, 1, "out",
 STATE = Topic("state", "state", True, 0, "out",
               "JSON: `mood`, `confidence` (0-1), `probabilities` {emotion: 0-1}, `since` (ISO 8601), "
               "`override`, `face` (bool), `policy`, `camera` (`on`/`off`), `camera_state`, `volume`, "
-              "`playing` {`track`, `artists`, `playlist`} or null, `last_error` {`text`, `source`, `at`} "
+              "`playing` {`track`, `artists`, `album`, `playlist`, ...} or null, `last_error` {`text`, `source`, `at`} "
               "or null, `model` {`version`, `accuracy`}")
 MOOD = Topic("mood", "mood", True, 0, "out", "the mood name alone: " + ", ".join(f"`{m}`" for m in MOODS))
 EVENTS = Topic("events", "events", False, 1, "out",
@@ -127,12 +127,12 @@ def topic(base: str, which: Topic) -> str:
 
 
 def command_topic(base: str, name: str) -> str:
-    return f"{base}/set/{name}"
+    return f"{base}/{COMMAND_SET.suffix.replace('<command>', name)}"
 
 
 def command_name(base: str, full_topic: str) -> str | None:
     """The ``<command>`` of ``<base>/set/<command>`` (known or not), else None."""
-    prefix = f"{base}/set/"
+    prefix = command_topic(base, "")
     return full_topic[len(prefix):] if full_topic.startswith(prefix) else None
 
 
@@ -176,12 +176,14 @@ class InvalidValue(ValueError):
     """A command value that is out of range or of the wrong kind; the text says what is allowed."""
 
 
-@dataclass(frozen=True)
-class MoodOverride:
-    """The value of the ``mood`` command: hold ``mood`` for ``minutes``; ``mood=None`` clears it."""
+class MoodOverride(NamedTuple):
+    """The value of the ``mood`` command: hold ``mood`` for ``minutes``. Clearing is the value None.
 
-    mood: str | None
-    minutes: int = 0
+    A named tuple, so the daemon can unpack it: ``mood, minutes = command.value``.
+    """
+
+    mood: str
+    minutes: int
 
 
 def _text(value: Any) -> str | None:
@@ -246,7 +248,7 @@ def _volume(value: Any) -> int:
     return _whole(value, 0, 100)
 
 
-def _mood_override(value: Any) -> MoodOverride:
+def _mood_override(value: Any) -> MoodOverride | None:
     shape = f"must be clear, a mood ({', '.join(EMOTIONS)}) or a mood and minutes, e.g. \"happy 30\""
     if isinstance(value, dict):
         if set(value) - {"mood", "minutes"} or "mood" not in value:
@@ -258,7 +260,7 @@ def _mood_override(value: Any) -> MoodOverride:
             raise InvalidValue(shape)
         mood = parts[0].lower()
         if mood == "clear" and len(parts) == 1:
-            return MoodOverride(None, 0)
+            return None
         minutes = parts[1] if len(parts) == 2 else OVERRIDE_DEFAULT_MINUTES
     else:
         raise InvalidValue(shape)
@@ -296,7 +298,7 @@ COMMANDS: dict[str, CommandSpec] = {spec.name: spec for spec in (
                 "no value (empty or `PRESS`)", "None", _no_value, ""),
     CommandSpec("mood", "daemon", "override the mood for N minutes, or clear the override",
                 f"`clear`, `<mood>` ({OVERRIDE_DEFAULT_MINUTES} min), `<mood> <minutes>` (1-{OVERRIDE_MAX_MINUTES}),"
-                " or JSON value `{\"mood\": ..., \"minutes\": ...}`", "MoodOverride(mood or None, minutes)",
+                " or JSON value `{\"mood\": ..., \"minutes\": ...}`", "MoodOverride(mood, minutes), None to clear",
                 _mood_override, "happy 30"),
 )}
 
@@ -373,9 +375,10 @@ def response_payload(command: str, ok: bool, error: str = "", transaction: str |
 
 
 def topics_markdown(base: str = "moodbox/<box_id>") -> str:
-    rows = ["| topic | retained | QoS | payload |", "| --- | --- | --- | --- |"]
+    rows = ["| topic | published by | retained | QoS | payload |", "| --- | --- | --- | --- | --- |"]
     for t in TOPICS:
-        rows.append(f"| `{base}/{t.suffix}` | {'yes' if t.retained else 'no'} | {t.qos} | {t.payload} |")
+        who = "the box" if t.direction == "out" else "you / Home Assistant"
+        rows.append(f"| `{base}/{t.suffix}` | {who} | {'yes' if t.retained else 'no'} | {t.qos} | {t.payload} |")
     return "\n".join(rows)
 
 

@@ -142,6 +142,8 @@ class Broker:
             f"log_dest file {self.log}",
             "log_type all",
             "per_listener_settings false",
+            # Without it the broker's Nagle delay meets the clients' delayed ACKs: ~40 ms per hop.
+            "set_tcp_nodelay true",
             f"listener {self.port} {self.host}",
         ]
         if self.users is not None:
@@ -245,6 +247,8 @@ class Observer:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
+        from device.outputs.mqtt import no_delay
+
         self.messages: list[Message] = []
         self._cond = threading.Condition()
         self._marker = f"observer/{uuid.uuid4().hex}"
@@ -252,6 +256,7 @@ class Observer:
         if username:
             self._client.username_pw_set(username, password)
         self._client.on_message = self._record
+        self._client.on_socket_open = no_delay
         subscribed = threading.Event()
         self._client.on_subscribe = lambda *args: subscribed.set()
         self._client.connect(broker.host, broker.port, keepalive=30)

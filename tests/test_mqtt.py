@@ -98,11 +98,12 @@ def config(broker: Broker, **overrides) -> MqttConfig:
 
 @contextmanager
 def running(cfg: MqttConfig, box_id: str = "testbox", owner: Owner | None = None, wait: bool = True,
-            **build_args) -> Iterator[Box]:
+            extra: tuple = (), **build_args) -> Iterator[Box]:
     bus = Bus()
     box = Box(build(cfg, box_id, **build_args), bus, owner or Owner())
     bus.listen(box.events.append)
-    bus.attach(box.owner)
+    for output in (box.owner, *extra):
+        bus.attach(output)
     bus.attach(box.output)
     try:
         if wait:  # connected, announced, and said so on the bus
@@ -277,7 +278,7 @@ def test_state_mood_and_events_follow_the_bus(broker, observer, tmp_path):
 def test_retained_state_for_late_subscribers_and_after_a_daemon_restart(broker, observer):
     with running(config(broker), "box1") as box:
         box.bus.publish(mood("sad", 0.7))
-        observer.wait("moodbox/box1/state", lambda m: m.json()["mood"] == "sad")
+        observer.wait("moodbox/box1/mood", lambda m: m.text == "sad")  # published right after the state
         snapshot = retained(broker)  # Home Assistant connecting now sees all of it at once
         assert snapshot["moodbox/box1/mood"].text == "sad"
         assert snapshot["moodbox/box1/state"].json()["confidence"] == 0.7
@@ -318,7 +319,7 @@ def test_broker_down_at_start_then_up(tmp_path):
             assert box.health()[-1].error and "cannot connect to 127.0.0.1" in box.health()[-1].detail
             box.bus.publish(mood("surprise", 0.6))  # the daemon goes on while the broker is away
             broker.start()
-            wait_for(lambda: box.output.connected, timeout=20, what="the late connection")
+            wait_for(lambda: box.output.health == "ok", timeout=20, what="the late connection")  # announced
             snapshot = retained(broker)
             assert snapshot["moodbox/box1/state"].json()["mood"] == "surprise"
             assert snapshot["moodbox/box1/availability"].text == "online"
@@ -338,7 +339,7 @@ ROUND_TRIPS = [
     ("camera", "off", False),
     ("reload_model", "", None),
     ("mood", "fear 10", MoodOverride("fear", 10)),
-    ("mood", "clear", MoodOverride(None, 0)),
+    ("mood", "clear", None),
 ]
 
 
@@ -425,8 +426,7 @@ def test_wrong_password_gives_auth_failed_and_a_clear_log_line(tmp_path, caplog,
     caplog.set_level(logging.DEBUG)
     with Broker(tmp_path / "auth", users={"moodbox": "right-horse"}) as broker:
         cfg = config(broker, username="moodbox", password="wrong-battery-staple", protocol=protocol)
-        with running(cfg, "box1", wait=False) as box:
-            box.bus.attach(LogOutput())  # the daemon's log output writes the line
+        with running(cfg, "box1", wait=False, extra=(LogOutput(),)) as box:  # the daemon's log output writes it
             wait_for(lambda: box.health(), what="an mqtt ComponentState")
             (state,) = box.health()
             assert (state.component, state.state, state.error) == ("mqtt", "auth_failed", True)
@@ -592,7 +592,7 @@ def fuzz_box(tmp_path_factory):
             yield fuzz_broker, watching, box
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                   HealthCheck.too_slow])
 @given(batch=st.lists(messages, min_size=5, max_size=40))
 def test_fuzzed_payloads_on_every_command_topic(fuzz_box, batch):

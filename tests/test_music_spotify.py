@@ -308,3 +308,21 @@ def test_no_token_or_secret_in_any_log_line(fake, tmp_path, clock, caplog, secre
     for line in lines:
         for value in secrets:
             assert value not in line
+
+
+def test_an_account_off_the_allow_list_is_login_needed(fake, player):
+    fake.fail("/v1/me/player", 403, message="User not registered in the Developer Dashboard")
+    assert player.state() is None
+    assert player.health.state == "login_needed" and "allow-list" in player.health.detail
+
+
+def test_a_forbidden_playlist_read_is_not_a_premium_problem(fake, player):
+    fake.fail("/v1/playlists/calm/items", 403, message="Forbidden")
+    assert player.playlist_items(CALM) is None
+    assert player.health.state == "ok" and player.last_error == "forbidden"
+
+
+def test_429_without_retry_after_backs_off_on_its_own(fake, player):
+    fake.fail("/v1/me/player", 429)
+    assert player.state() is None
+    assert player.health.state == "rate_limited" and player.ready_in() > 0

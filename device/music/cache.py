@@ -12,12 +12,13 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
-
-import pandas as pd
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from device.config import PlaylistConfig
 from device.music.player import Track
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["COLUMNS", "TrackCache"]
 
@@ -42,6 +43,8 @@ class TrackCache:
 
     def load(self, playlists: Sequence[PlaylistConfig]) -> int:
         """Read the CSVs of ``playlists`` that exist; returns how many tracks are known."""
+        import pandas as pd  # imported on first use: ~34 MB that a box without playlists never needs
+
         for playlist in playlists:
             path = self.path(playlist.uri)
             if not path.exists():
@@ -60,6 +63,8 @@ class TrackCache:
 
     def store(self, playlist: PlaylistConfig, tracks: Sequence[Track]) -> pd.DataFrame:
         """Replace a playlist's track list in memory and on disk."""
+        import pandas as pd
+
         frame = pd.DataFrame(
             [(t.id, t.uri, t.name, t.album, t.artists, int(t.duration_ms), playlist.name, playlist.uri,
               "|".join(playlist.moods)) for t in tracks],
@@ -98,6 +103,8 @@ class TrackCache:
 
     def frame(self) -> pd.DataFrame:
         """Every cached track, all playlists."""
+        import pandas as pd
+
         if not self._frames:
             return pd.DataFrame(columns=COLUMNS)
         return pd.concat(self._frames.values(), ignore_index=True)

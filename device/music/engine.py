@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 COMMANDS = frozenset({"play", "pause", "next", "policy", "volume", "feedback"})
 #: Read the device this soon after starting music, to see what really plays, s.
 CONFIRM_S = 2.0
+#: State reads after a play call before the box follows whatever the device shows.
+MAX_CONFIRMS = 3
 #: Poll this long after a track should have ended: the next one has begun by then, s.
 END_MARGIN_S = 1.0
 #: A track whose end was within this of being reached counts as played to its end, ms.
@@ -73,6 +75,7 @@ class _Session:
     polled: float = 0.0
     feedback: str | None = None
     moods: dict[str, float] = field(default_factory=dict)  # seconds per mood during the track
+    confirms: int = 0  # state reads waiting for the device to show the music started
 
 
 @dataclass(frozen=True)
@@ -181,11 +184,10 @@ class MusicEngine:
         uri = choose_playlist([p.uri for p in fitting], target.mood, bandit, avoid)
         return next((p for p in fitting if p.uri == uri), None)
 
-    def _change(self, target: policy.Target, reason: str, playlist: PlaylistConfig | None = None,
-                avoid: str | None = None) -> bool:
+    def _change(self, target: policy.Target, reason: str, playlist: PlaylistConfig | None = None) -> bool:
         """Start music for ``target`` now; on failure, retry later with backoff."""
         now = self.clock()
-        playlist = playlist or self._choose(target, avoid)
+        playlist = playlist or self._choose(target)
         if playlist is None:
             log.warning("music: no playlist fits %s; add one to [[music.playlists]]", target.label)
             self._want = None
@@ -217,7 +219,7 @@ class MusicEngine:
         if self.player.play(context_uri=playlist.uri):
             return True
         # The playlist itself cannot be played (gone, not readable by this app): its cached tracks still can.
-        if getattr(self.player, "last_error", "") in ("not_found", "forbidden", "bad_request"):
+        if self.player.last_error in ("not_found", "forbidden", "bad_request"):
             uris = [t.uri for t in self.cache.tracks(playlist.uri)][:100]
             if uris and self.player.play(uris=uris):
                 log.info("music: playing %d cached tracks of %s by URI", len(uris), playlist.name)
@@ -304,7 +306,8 @@ class MusicEngine:
         elif session is None:
             self._adopt(now, state)
         elif session.track is None:
-            self._began(now, state)
+            if self._switched(session, state):
+                self._began(now, state)
         elif state.track.uri != session.track.uri or state.progress_ms + END_SLACK_MS < session.progress_ms:
             self._boundary(now, state)
         if self.session is not None and self.session.track is not None and state.is_playing:
@@ -343,6 +346,13 @@ class MusicEngine:
         self.paused = None
         self.session = _Session(target, playlist, target.policy if target else "user", self.mood, now)
         self._began(now, state)
+
+    def _switched(self, session: _Session, state: Playback) -> bool:
+        """Has the device caught up with the music just started? The Web API's state can lag a play call."""
+        session.confirms += 1
+        expected = session.playlist.uri if session.playlist is not None else None
+        caught_up = state.context_uri in (None, expected) or expected is None
+        return caught_up or session.confirms > MAX_CONFIRMS  # someone else changed it meanwhile: follow that
 
     def _began(self, now: float, state: Playback) -> None:
         session = self.session

@@ -14,8 +14,10 @@ import time
 from contextlib import closing
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["History", "Outcome", "TrackRecord", "read_history"]
 
@@ -132,6 +134,8 @@ class History:
 
 def read_history(path: Path, table: str = "tracks") -> pd.DataFrame:
     """The ``tracks`` or ``moods`` table as a frame, times as UTC datetimes; read-only."""
+    import pandas as pd  # only the CLI exports history: keep it out of the daemon's memory
+
     if table not in ("tracks", "moods"):
         raise ValueError(f"unknown table {table!r}")
     if not path.exists():

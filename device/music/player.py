@@ -69,6 +69,10 @@ class Health:
 class Player(Protocol):
     """A music player the engine controls. Methods return success and never raise."""
 
+    #: Why the last call failed: "" (it did not), "not_found" / "forbidden" / "bad_request" (the
+    #: music itself cannot be played), "device", "premium", "restricted", "auth", "rate_limited", "unreachable".
+    last_error: str
+
     @property
     def health(self) -> Health: ...
 
@@ -190,6 +194,7 @@ class DryRunPlayer:
     """
 
     DEVICE = "dry-run"
+    last_error = ""
 
     def __init__(self, library: Callable[[str], list[Track]], names: dict[str, str],
                  clock: Callable[[], float] = time.monotonic) -> None:

@@ -56,10 +56,13 @@ T = TypeVar("T")
 
 
 def quiet_spotipy() -> None:
-    """Keep spotipy's debug lines off: they print request headers (the bearer token) and token bodies."""
-    logger = logging.getLogger("spotipy")
-    if logger.getEffectiveLevel() < logging.INFO or logger.level == logging.NOTSET:
-        logger.setLevel(logging.INFO)
+    """Keep spotipy's own log lines off.
+
+    Its DEBUG lines print request headers (the bearer token, the Basic client
+    secret) and token request bodies; its ERROR line per failed request repeats,
+    once per retry, what ``health`` already reports.
+    """
+    logging.getLogger("spotipy").setLevel(logging.CRITICAL)
 
 
 class TokenStore(CacheHandler):
@@ -144,7 +147,6 @@ class SpotifyPlayer:
         self._rejected_mtime: float | None = None  # token file that Spotify refused; wait for a new login
         self.device_id: str | None = None
         self.last_error = ""  # why the last call failed: auth, premium, restricted, device, not_found, ...
-        self.calls = 0  # Web API requests sent, for the figures
 
     # -- health ---------------------------------------------------------
 
@@ -161,6 +163,7 @@ class SpotifyPlayer:
     # -- tokens ---------------------------------------------------------
 
     def _session(self) -> requests.Session:
+        """A plain session: no urllib3 Retry mounted, so 429s and 5xx come back as they are."""
         return requests.Session()
 
     def _ensure_token(self) -> bool:
@@ -192,7 +195,6 @@ class SpotifyPlayer:
             return self._rejected("the saved Spotify login has no refresh token")
         if self._manager is None:
             self._manager = auth_manager(self.config, self.store, self._session())
-        self.calls += 1
         try:
             self._token = self._manager.refresh_access_token(token["refresh_token"])
         except SpotifyOauthError as exc:
@@ -217,8 +219,8 @@ class SpotifyPlayer:
 
     # -- calls ----------------------------------------------------------
 
-    def _network_failure(self, detail: str, at_least_s: float = 0.0) -> None:
-        delay = self._backoff.fail(at_least_s)
+    def _network_failure(self, detail: str) -> None:
+        delay = self._backoff.fail()
         self._wait(delay)
         self._api = Health("unreachable", f"{detail}; retrying in {delay:.0f} s")
         self.last_error = "unreachable"
@@ -230,7 +232,6 @@ class SpotifyPlayer:
         result: T | None = None
         for attempt in (1, 2):
             assert self._client is not None
-            self.calls += 1
             try:
                 result = fn(self._client)
             except SpotifyException as exc:

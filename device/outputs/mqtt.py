@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import socket
 import sys
 import threading
 import time
@@ -120,7 +121,16 @@ def make_client(cfg: MqttConfig, client_id: str, resolve: Callable[[str], Path] 
         client.will_set(will_topic, OFFLINE, qos=AVAILABILITY.qos, retain=True)
     client.reconnect_delay_set(cfg.reconnect_min_s, max(cfg.reconnect_min_s, cfg.reconnect_max_s))
     client.max_queued_messages_set(MAX_QUEUED)
+    client.on_socket_open = no_delay
     return client
+
+
+def no_delay(client, userdata, sock) -> None:
+    """Send small MQTT packets at once: with Nagle, a response waits for the broker's delayed ACK (~40 ms)."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not a TCP socket (a proxy or a test double): leave it
+        pass
 
 
 def _now_iso(epoch: float | None = None) -> str:
