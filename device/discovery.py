@@ -89,7 +89,9 @@ ENTITIES: tuple[Entity, ...] = (
            "{{ value_json.last_error.text[:255] if value_json.last_error else 'none' }}",
            options={"icon": "mdi:alert-circle-outline"},
            attributes_template="{{ (value_json.last_error or {}) | tojson }}", diagnostic=True),
-    Entity("policy", "select", "Music policy", STATE, "{{ value_json.policy }}", command="policy",
+    # The music engine may report "user" (a playlist the user chose): not an option, so shown as unknown.
+    Entity("policy", "select", "Music policy", STATE,
+           f"{{{{ value_json.policy if value_json.policy in {list(POLICIES)} else none }}}}", command="policy",
            options={"options": list(POLICIES), "icon": "mdi:playlist-music"}),
     Entity("camera", "switch", "Camera", STATE, "{{ value_json.camera }}", command="camera",
            options={"payload_on": "on", "payload_off": "off", "state_on": "on", "state_off": "off",
