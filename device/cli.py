@@ -11,7 +11,7 @@ from pathlib import Path
 
 from device import __version__
 from device.app import Daemon, Parts, install_signal_handlers
-from device.config import EX_CONFIG, REPO_CONFIG, Config, ConfigError, load_config
+from device.config import EX_CONFIG, REPO_CONFIG, Config, ConfigError, load_config, load_config_or_exit
 from device.events import MoodChanged, PipelineStats
 from device.outputs import OutputContext, build_outputs
 
@@ -22,15 +22,6 @@ log = logging.getLogger(__name__)
 #: Exit code for a model that fails its checks at start-up: like a config error,
 #: restarting will not help until someone flashes a good one.
 EX_MODEL = EX_CONFIG
-
-
-def _load(path: str | None) -> Config:
-    """The config, or a printed list of problems and exit code 78."""
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        raise SystemExit(EX_CONFIG) from None
 
 
 def _setup_logging(level: str) -> None:
@@ -77,7 +68,7 @@ def _box_id(config: Config) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = load_config_or_exit(args.config)
     _setup_logging(config.log.level)
     from device.emotion import ModelError
 
@@ -131,7 +122,7 @@ def _demo_config(config: Config, source: Path, out: Path) -> Config:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    config = _load(args.config or str(REPO_CONFIG))
+    config = load_config_or_exit(args.config or str(REPO_CONFIG))
     _setup_logging("WARNING" if not args.verbose else "INFO")
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="moodbox-demo-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -165,7 +156,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from device.faces import FaceDetector
     from device.preprocess import EMOTIONS
 
-    config = _load(args.config or str(REPO_CONFIG))
+    config = load_config_or_exit(args.config or str(REPO_CONFIG))
     try:
         classifier = EmotionClassifier.from_config(config)
     except ModelError as exc:

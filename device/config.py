@@ -12,6 +12,7 @@ import difflib
 import ipaddress
 import os
 import re
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "load_config",
+    "load_config_or_exit",
 ]
 
 #: Where the daemon looks on the box; ``--config`` overrides.
@@ -427,6 +429,15 @@ def load_config(path: str | Path | None = None) -> Config:
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read: {exc.strerror}"]) from None
     return parse_config(text, str(path), path.resolve().parent)
+
+
+def load_config_or_exit(path: str | Path | None = None) -> Config:
+    """For command-line entry points: the config, or its problems on stderr and exit code 78."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
 
 
 def secret(value: SecretStr | None) -> str:

@@ -13,7 +13,7 @@ import sys
 import threading
 import uuid
 
-from device.config import EX_CONFIG, Config, ConfigError, load_config
+from device.config import EX_CONFIG, Config, load_config_or_exit
 from device.discovery import all_discovery_topics, entities_markdown, is_ours
 from device.outputs.mqtt import AUTH_REASONS, make_client
 from device.topics import AVAILABILITY, MOOD, STATE, commands_markdown, sanitize_box_id, topic, topics_markdown
@@ -132,18 +132,8 @@ def forget(config: Config, box_id: str, timeout: float = 10.0) -> list[str]:
     return topics
 
 
-def _config(path: str | None) -> Config | None:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return None
-
-
 def _forget_command(args: argparse.Namespace) -> int:
-    config = _config(args.config)
-    if config is None:
-        return EX_CONFIG
+    config = load_config_or_exit(args.config)
     this_box = sanitize_box_id(args.box_id) if args.box_id else configured_box_id(config)
     try:
         cleared = forget(config, this_box, args.timeout)
@@ -157,9 +147,7 @@ def _forget_command(args: argparse.Namespace) -> int:
 
 
 def _check_command(args: argparse.Namespace) -> int:
-    config = _config(args.config)
-    if config is None:
-        return EX_CONFIG
+    config = load_config_or_exit(args.config)
     if not config.mqtt.enabled and not args.force:
         print("MQTT is disabled ([mqtt] enabled = false); nothing to check (--force checks anyway)")
         return 0

@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl, urlsplit
 import requests
 from spotipy.oauth2 import SpotifyOAuth
 
-from device.config import EX_CONFIG, Config, ConfigError, load_config
+from device.config import Config, load_config_or_exit
 from device.music.spotify import TOKEN_FILE, SpotifyPlayer, TokenStore, auth_manager, quiet_spotipy
 
 __all__ = ["LoginError", "login", "register"]
@@ -23,14 +23,6 @@ log = logging.getLogger(__name__)
 
 class LoginError(Exception):
     """The login did not work; the message says what to do."""
-
-
-def _config(path: str | None) -> Config:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        raise SystemExit(EX_CONFIG) from None
 
 
 def _code_from(pasted: str, redirect_uri: str, state: str) -> str:
@@ -89,7 +81,7 @@ def login(config: Config, state_dir: Path, read_line: Callable[[str], str] | Non
 
 
 def cmd_login(args: argparse.Namespace) -> int:
-    config = _config(args.config)
+    config = load_config_or_exit(args.config)
     state_dir = config.resolve(config.state.dir)
     try:
         account = login(config, state_dir)
@@ -110,7 +102,7 @@ def cmd_login(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from device.music.history import read_history
 
-    config = _config(args.config)
+    config = load_config_or_exit(args.config)
     path = config.resolve(config.state.dir) / "history.sqlite"
     try:
         frame = read_history(path, "moods" if args.moods else "tracks")

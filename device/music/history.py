@@ -88,6 +88,10 @@ class History:
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=5.0, isolation_level=None)
         try:
+            # A file cut short can still open and take the schema; only reading its pages shows the damage.
+            problems = db.execute("PRAGMA quick_check").fetchall()
+            if problems != [("ok",)]:
+                raise sqlite3.DatabaseError("quick_check: " + "; ".join(str(p[0]) for p in problems[:3]))
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a power cut loses at most the last rows
             for statement in _SCHEMA:
