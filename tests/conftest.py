@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,18 @@ def venv_python(venv: Path) -> Path:
     if not python.exists():
         pytest.skip(f"{venv.name} not found: run ./install.sh --dev to create it")
     return python
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny test models (tests/tiny_model.py), built once with TensorFlow and kept in pytest's
+    cache until tiny_model.py changes."""
+    import tiny_model
+
+    python = venv_python(CONVERT_VENV)
+    cache = getattr(request.config, "cache", None)
+    root = Path(cache.mkdir("moodbox-tiny-model")) if cache is not None else tmp_path_factory.mktemp("tiny-model")
+    try:
+        return tiny_model.build(root, python)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        pytest.fail(str(exc))

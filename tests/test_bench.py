@@ -6,11 +6,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-import tiny_model
 from conftest import CONVERT_VENV, REPO, venv_python
 
 # bench/ is a tool of the checkout, not part of the installed package.
@@ -21,18 +19,6 @@ from bench.venvs import TF_PYTHON, run_json  # noqa: E402
 
 PER_FACE_KEYS = ["int8_litert_1", "int8_litert_2", "int8_tflite_runtime_1", "float_litert_1", "keras_predict",
                  "keras_call"]
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny test models (tests/tiny_model.py), sharing test_emotion's cache."""
-    python = venv_python(CONVERT_VENV)
-    cache = getattr(request.config, "cache", None)
-    root = Path(cache.mkdir("moodbox-tiny-model")) if cache is not None else tmp_path_factory.mktemp("tiny-model")
-    try:
-        return tiny_model.build(root, python)
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        pytest.fail(str(exc))
 
 
 def test_smoke_run_writes_every_section(tiny_dir, tmp_path):

@@ -17,9 +17,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import tiny_model
 from broker import Broker, free_port
-from conftest import CONVERT_VENV, REPO, venv_python
+from conftest import REPO
 from fake_spotify import FakeSpotify
 
 from device.config import StateConfig, parse_config
@@ -206,15 +205,6 @@ def test_display_skipped_when_off_or_virtual(tmp_path, text):
 
 
 # -- model ----------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tests' tiny int8 model (built once with TensorFlow; shares test_emotion's cache)."""
-    python = venv_python(CONVERT_VENV)
-    cache = getattr(request.config, "cache", None)
-    root = Path(cache.mkdir("moodbox-tiny-model")) if cache is not None else tmp_path_factory.mktemp("tiny")
-    return tiny_model.build(root, python)
 
 
 def model_config(tmp_path: Path, tiny_dir: Path):
