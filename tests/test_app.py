@@ -20,50 +20,13 @@ from device.cli import build_daemon
 from device.config import parse_config
 from device.events import CameraState, Command, CommandResult, ComponentState, ModelLoaded, MoodChanged, PipelineStats
 from device.outputs import OutputContext
+from recorder import Recorder
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "models" / "emotion_int8.tflite"
 FIXTURES = REPO / "tests" / "fixtures"
 
 pytestmark = pytest.mark.skipif(not MODEL.exists(), reason="models/emotion_int8.tflite has not been shipped yet")
-
-
-class Recorder:
-    """An output that keeps every event, with a condition to wait on."""
-
-    name = "recorder"
-    commands: frozenset[str] = frozenset()
-
-    def __init__(self) -> None:
-        self.events: list[object] = []
-        self.changed = threading.Condition()
-
-    def start(self, bus) -> None:
-        pass
-
-    def handle(self, event: object) -> None:
-        with self.changed:
-            self.events.append(event)
-            self.changed.notify_all()
-
-    def stop(self) -> None:
-        pass
-
-    def of(self, kind) -> list:
-        with self.changed:
-            return [e for e in self.events if isinstance(e, kind)]
-
-    def wait_for(self, predicate, timeout: float = 20.0, after: int = 0):
-        deadline = time.monotonic() + timeout
-        with self.changed:
-            while True:
-                found = [e for e in self.events[after:] if predicate(e)]
-                if found:
-                    return found[-1]
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"no matching event in {timeout} s; saw {[type(e).__name__ for e in self.events]}")
-                self.changed.wait(left)
 
 
 def face_folder(tmp_path: Path, frames: int = 10) -> Path:
@@ -122,28 +85,28 @@ def running(tmp_path):
 
 def test_a_face_becomes_a_stable_mood(running):
     daemon, recorder = running
-    model = recorder.wait_for(lambda e: isinstance(e, ModelLoaded))
+    model = recorder.wait_event(lambda e: isinstance(e, ModelLoaded))
     assert model.sha256 and model.version
-    change = recorder.wait_for(lambda e: isinstance(e, MoodChanged) and e.mood != "no_face")
+    change = recorder.wait_event(lambda e: isinstance(e, MoodChanged) and e.mood != "no_face")
     assert change.previous is None and 0.5 <= change.confidence <= 1.0
     assert abs(sum(change.probabilities.values()) - 1.0) < 1e-3
-    stats = recorder.wait_for(lambda e: isinstance(e, PipelineStats) and e.frames > 5)
+    stats = recorder.wait_event(lambda e: isinstance(e, PipelineStats) and e.frames > 5)
     assert stats.face_present and stats.faces > 0 and stats.fps > 0 and stats.classify_ms > 0
 
 
 def test_privacy_switch_releases_camera_and_comes_back(running):
     daemon, recorder = running
-    recorder.wait_for(lambda e: isinstance(e, CameraState) and e.state == "ok")
+    recorder.wait_event(lambda e: isinstance(e, CameraState) and e.state == "ok")
     daemon.bus.publish(Command("camera", False, "t1", "test"))
-    result = recorder.wait_for(lambda e: isinstance(e, CommandResult) and e.command.transaction == "t1")
+    result = recorder.wait_event(lambda e: isinstance(e, CommandResult) and e.command.transaction == "t1")
     assert result.ok
-    recorder.wait_for(lambda e: isinstance(e, CameraState) and e.state == "off")
+    recorder.wait_event(lambda e: isinstance(e, CameraState) and e.state == "off")
     assert daemon.camera is None
     frames_when_off = daemon.timings.frames
     time.sleep(0.5)
     assert daemon.timings.frames == frames_when_off
     daemon.bus.publish(Command("camera", True, "t2", "test"))
-    recorder.wait_for(lambda e: isinstance(e, CommandResult) and e.command.transaction == "t2")
+    recorder.wait_event(lambda e: isinstance(e, CommandResult) and e.command.transaction == "t2")
     deadline = time.monotonic() + 10
     while daemon.timings.frames == frames_when_off and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -160,9 +123,9 @@ def test_corrupt_model_reload_is_refused_and_old_model_kept(running, tmp_path):
     bad.write_bytes(bytes(data))
     before = daemon.parts.classifier.info.sha256
     daemon.bus.publish(Command("reload_model", str(bad), "r1", "test"))
-    result = recorder.wait_for(lambda e: isinstance(e, CommandResult) and e.command.transaction == "r1")
+    result = recorder.wait_event(lambda e: isinstance(e, CommandResult) and e.command.transaction == "r1")
     assert not result.ok and "sha256" in result.error
-    refused = recorder.wait_for(lambda e: isinstance(e, ComponentState) and e.component == "model")
+    refused = recorder.wait_event(lambda e: isinstance(e, ComponentState) and e.component == "model")
     assert refused.error and "previous model" in refused.detail
     assert daemon.parts.classifier.info.sha256 == before
     frames = daemon.timings.frames
@@ -175,11 +138,11 @@ def test_corrupt_model_reload_is_refused_and_old_model_kept(running, tmp_path):
 def test_mood_override_and_unowned_command(running):
     daemon, recorder = running
     daemon.bus.publish(Command("mood", ("sad", 1.0), "m1", "test"))
-    assert recorder.wait_for(lambda e: isinstance(e, CommandResult) and e.command.transaction == "m1").ok
-    change = recorder.wait_for(lambda e: isinstance(e, MoodChanged) and e.override)
+    assert recorder.wait_event(lambda e: isinstance(e, CommandResult) and e.command.transaction == "m1").ok
+    change = recorder.wait_event(lambda e: isinstance(e, MoodChanged) and e.override)
     assert change.mood == "sad"
     daemon.bus.publish(Command("play", None, "p1", "test"))
-    result = recorder.wait_for(lambda e: isinstance(e, CommandResult) and e.command.transaction == "p1")
+    result = recorder.wait_event(lambda e: isinstance(e, CommandResult) and e.command.transaction == "p1")
     assert not result.ok and "not available" in result.error
 
 
@@ -187,14 +150,14 @@ def test_lost_camera_is_reported_and_recovers(tmp_path):
     frames = face_folder(tmp_path)
     daemon, recorder, thread = start_daemon(tmp_path, frames)
     try:
-        recorder.wait_for(lambda e: isinstance(e, CameraState) and e.state == "ok")
+        recorder.wait_event(lambda e: isinstance(e, CameraState) and e.state == "ok")
         frames.rename(tmp_path / "away")
-        lost = recorder.wait_for(lambda e: isinstance(e, CameraState) and e.state == "camera_lost")
+        lost = recorder.wait_event(lambda e: isinstance(e, CameraState) and e.state == "camera_lost")
         assert lost.detail
         assert thread.is_alive()
         seen = len(recorder.events)
         (tmp_path / "away").rename(frames)
-        recorder.wait_for(lambda e: isinstance(e, CameraState) and e.state == "ok", after=seen)
+        recorder.wait_event(lambda e: isinstance(e, CameraState) and e.state == "ok", after=seen)
     finally:
         daemon.stop()
         thread.join(5)

@@ -297,7 +297,7 @@ def test_history_truncated_while_stopped(runs):
     daemon = run.start()
     line = daemon.wait_log("unreadable")
     assert "moved to history.sqlite.corrupt-" in line and "starting a new one" in line
-    (aside,) = run.state.glob("history.sqlite.corrupt-*")
+    (aside,) = wait_for(lambda: list(run.state.glob("history.sqlite.corrupt-*")), what="the damaged file set aside")
     assert aside.read_bytes() == damaged  # kept for a person to recover, not deleted
     assert run.box.command("mood", "sad 30")["status"] == "ok"
     wait_for(lambda: has_mood_row(run, "sad"), what="a row in the new history")

@@ -21,40 +21,8 @@ from device.events import (
 from device.outputs import OutputContext
 from device.outputs.music import MusicOutput, create
 from fake_spotify import FakeSpotify
+from recorder import WAIT_S, Recorder
 from test_music_engine import PLAYLISTS, TRACK_S
-
-WAIT_S = 30.0  # generous: only a hang reaches it
-
-
-class Recorder:
-    """An output that remembers every event, and lets a test wait for one."""
-
-    name = "recorder"
-    commands: frozenset[str] = frozenset()
-
-    def __init__(self) -> None:
-        self.events: list[object] = []
-        self._changed = threading.Condition()
-
-    def start(self, bus) -> None:
-        pass
-
-    def handle(self, event: object) -> None:
-        with self._changed:
-            self.events.append(event)
-            self._changed.notify_all()
-
-    def stop(self) -> None:
-        pass
-
-    def of(self, kind: type) -> list:
-        with self._changed:
-            return [e for e in self.events if isinstance(e, kind)]
-
-    def wait_for(self, predicate, timeout: float = WAIT_S):
-        with self._changed:
-            assert self._changed.wait_for(lambda: predicate(self), timeout), "timed out waiting for an event"
-
 
 class CameraLoop(threading.Thread):
     """Publishes a frame's FaceReading at ``fps``, as the daemon's main loop does."""

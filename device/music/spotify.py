@@ -66,10 +66,16 @@ def quiet_spotipy() -> None:
 
 
 class TokenStore(CacheHandler):
-    """spotipy's JSON token cache in one file, mode 0600 from the first byte."""
+    """spotipy's JSON token cache in one file, mode 0600 from the first byte.
 
-    def __init__(self, path: Path) -> None:
+    ``strict=False`` (the daemon's player) logs a failed save instead of raising:
+    spotipy saves inside ``refresh_access_token``, and a raise there (a full
+    disk) would lose the new token, and with PKCE its rotated refresh token.
+    """
+
+    def __init__(self, path: Path, strict: bool = True) -> None:
         self.path = path
+        self.strict = strict
 
     def get_cached_token(self) -> dict[str, Any] | None:
         try:
@@ -85,6 +91,14 @@ class TokenStore(CacheHandler):
         return token
 
     def save_token_to_cache(self, token_info: dict[str, Any]) -> None:
+        try:
+            self._save(token_info)
+        except OSError as exc:
+            if self.strict:
+                raise
+            log.warning("cannot save the Spotify token in %s (%s); using it from memory", self.path, exc.strerror)
+
+    def _save(self, token_info: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".token-")  # mkstemp creates it 0600
         try:
@@ -134,7 +148,7 @@ class SpotifyPlayer:
                  wall: Callable[[], float] = time.time, backoff: Backoff | None = None) -> None:
         quiet_spotipy()
         self.config = config
-        self.store = TokenStore(state_dir / TOKEN_FILE)
+        self.store = TokenStore(state_dir / TOKEN_FILE, strict=False)
         self._clock = clock
         self._wall = wall
         self._backoff = backoff or Backoff(2.0, config.backoff_max_s)
