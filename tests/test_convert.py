@@ -30,10 +30,11 @@ from convert import evaluate as ev
 from convert import flash as fl
 from convert.data import Split, folder_label, load_csv, load_folder
 from convert.quantize import min_runtime_version, op_versions, representative_faces
+from convert.ship import ACCURACY_BAR
 from device.preprocess import EMOTIONS, face_pixels
 
 SHIPPED = REPO / "models" / "emotion_int8.tflite"
-BAR = 0.70
+BAR = ACCURACY_BAR
 #: tflite-runtime 2.14 knows FULLY_CONNECTED up to v11; weights-only quantisation would emit v12.
 TFLITE_214 = (2, 14, 0)
 
@@ -539,7 +540,9 @@ def test_shipped_model_matches_its_metadata(shipped_model):
     assert meta["size_bytes"] == shipped_model.stat().st_size
     assert meta["labels"] == list(EMOTIONS)
     assert version(meta["min_runtime_version"]) <= TFLITE_214
-    assert meta["accuracy"]["private_test"]["int8"] >= BAR
+    # A model below the bar may ship only if its metadata says it is provisional.
+    headline = meta["accuracy"]["private_test"]["int8_flip_tta" if meta["flip_tta"] else "int8"]
+    assert meta["release"]["status"] == ("final" if headline >= BAR else "provisional"), meta["release"]
     # The same faces with their original pixels, equalised by the model's preprocessing, score the same.
     if "private_test_original" in meta["accuracy"]:
         gap = meta["accuracy"]["private_test_original"]["int8"] - meta["accuracy"]["private_test"]["int8"]
@@ -557,4 +560,5 @@ def test_shipped_model_private_test_accuracy(shipped_model):
     measured = result["flip_tta" if meta["flip_tta"] else "plain"].accuracy
     headline = claimed["int8_flip_tta" if meta["flip_tta"] else "int8"]
     assert measured >= headline - 0.005, f"PrivateTest {measured:.4f}, metadata claims {headline:.4f}"
-    assert measured >= BAR, f"PrivateTest {measured:.4f} is below the {BAR:.0%} bar"
+    if meta["release"]["status"] == "final":
+        assert measured >= BAR, f"PrivateTest {measured:.4f} is below the {BAR:.0%} bar"
