@@ -26,17 +26,26 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from broker import Broker, Message, Observer, wait_for
 from fake_spotify import CLIENT_ID, CLIENT_SECRET, FakeSpotify
 from test_music_engine import PLAYLISTS
 
 from device.demo_input import write_demo_frames
-from device.topics import EVENTS, RESPONSE, STATE, STATS, AVAILABILITY, command_topic, topic
+from device.topics import (
+    AVAILABILITY,
+    EVENTS,
+    RESPONSE,
+    STATE,
+    STATS,
+    command_topic,
+    topic,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL = REPO / "models" / "emotion_int8.tflite"
@@ -44,10 +53,9 @@ MODEL = REPO / "models" / "emotion_int8.tflite"
 # bench/ is a tool of the checkout, not part of the installed package: the /proc sampler lives there.
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
-from bench.daemon_cost import _SYSTEMD_ENV, read_proc  # noqa: E402
+from bench.daemon_cost import _SYSTEMD_ENV, read_proc
 
-__all__ = ["MODEL", "Box", "Daemon", "Run", "Sample", "Stack", "history_rows", "sample", "write_config",
-           "write_frames"]
+__all__ = ["MODEL", "Box", "Daemon", "Run", "Sample", "Stack", "history_rows", "sample", "write_config"]
 
 #: Generous: only a hang reaches it (a cold start on a busy 2-core machine takes a few seconds).
 READY_TIMEOUT_S = 90.0
@@ -75,11 +83,6 @@ class Stack:
     def close(self) -> None:
         self.spotify.stop()
         self.broker.stop()
-
-
-def write_frames(folder: Path, face_frames: int = 20, empty_frames: int = 0) -> Path:
-    """The demo's moving portrait (``device.demo_input``), then an empty room, as a replay folder."""
-    return write_demo_frames(folder, face_frames=face_frames, empty_frames=empty_frames)
 
 
 def _toml(value: Any) -> str:
@@ -220,12 +223,6 @@ class Daemon:
             thread.join(5)
         if self._sock is not None:
             self._sock.close()
-
-    def __enter__(self) -> Daemon:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- what it says --
 
@@ -408,7 +405,8 @@ class Run:
         self.stack = stack
         self.workdir = workdir
         self.box_id = f"t{uuid.uuid4().hex[:8]}"
-        self.frames = write_frames(workdir / "frames", face_frames, empty_frames)
+        # The demo's moving portrait (then an empty room), as a replay folder.
+        self.frames = write_demo_frames(workdir / "frames", face_frames, empty_frames)
         self.state = state or workdir / "state"
         self.state.mkdir(parents=True, exist_ok=True)
         stack.spotify.login(self.state)
@@ -452,4 +450,4 @@ def history_rows(state: Path, table: str = "moods") -> list[tuple]:
     if not path.exists():
         return []
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10.0)) as db:
-        return db.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()  # noqa: S608 (caller's constant)
+        return db.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()

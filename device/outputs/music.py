@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 #: Moods and commands waiting for the engine; moods arrive seconds apart, so this never fills in practice.
 INBOX = 64
-#: Wait this long for the worker at stop, on top of one request's timeout, s.
+#: Wait this long for the worker at stop, s. Not a whole request timeout: the daemon must stop
+#: within 2 s, and a Spotify call hung at that moment costs at most the unfinished track's row.
 STOP_GRACE_S = 1.0
 
 EngineFactory = Callable[[Callable[[object], None]], MusicEngine]
@@ -37,9 +38,8 @@ class MusicOutput:
     name = "music"
     commands = COMMANDS
 
-    def __init__(self, build: EngineFactory, request_timeout_s: float = 5.0) -> None:
+    def __init__(self, build: EngineFactory) -> None:
         self._build = build
-        self._request_timeout_s = request_timeout_s
         self._inbox: queue.Queue[object] = queue.Queue(maxsize=INBOX)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -113,7 +113,7 @@ class MusicOutput:
         except queue.Full:
             pass
         if self._thread is not None:
-            self._thread.join(self._request_timeout_s + STOP_GRACE_S)
+            self._thread.join(STOP_GRACE_S)
             if self._thread.is_alive():
                 log.warning("music thread still waiting on Spotify at stop")
 
@@ -138,4 +138,4 @@ def create(config: Config, context) -> MusicOutput | None:
             player = SpotifyPlayer(config.spotify, state_dir)
         return MusicEngine(config.music, player, cache, History(state_dir / "history.sqlite"), publish)
 
-    return MusicOutput(build, config.spotify.timeout_s)
+    return MusicOutput(build)
