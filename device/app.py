@@ -18,7 +18,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-import cv2
 import numpy as np
 
 from device.bus import Bus, Output
@@ -220,7 +219,7 @@ class Daemon:
             return False
         self._last_seq = frame.seq
         grabbed = self.clock()
-        gray = frame.image if frame.image.ndim == 2 else cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
+        gray = frame.gray
         box = self.parts.detector.detect(gray)
         detected = self.clock()
         probabilities = self.parts.classifier.classify(gray, box) if box is not None else None
