@@ -73,7 +73,7 @@ class DetectorConfig(Section):
 class ModelConfig(Section):
     path: str = Field("models/emotion_int8.tflite", description="int8 TFLite model; metadata JSON beside it")
     threads: int = Field(1, ge=1, le=8, description="interpreter threads")
-    flip_tta: bool = Field(False, description="average with the mirrored face (doubles classify time)")
+    flip_tta: bool = Field(True, description="average with the mirrored face (doubles classify time)")
 
 
 class PipelineConfig(Section):
