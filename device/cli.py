@@ -14,6 +14,8 @@ from device.app import Daemon, Parts, install_signal_handlers
 from device.config import EX_CONFIG, REPO_CONFIG, Config, ConfigError, load_config, load_config_or_exit
 from device.events import MoodChanged, PipelineStats
 from device.outputs import OutputContext, build_outputs
+from device.systemd import Notifier, setup_logging
+from device.topics import box_id
 
 __all__ = ["build_daemon", "register"]
 
@@ -24,15 +26,6 @@ log = logging.getLogger(__name__)
 EX_MODEL = EX_CONFIG
 
 
-def _setup_logging(level: str) -> None:
-    try:
-        from device.systemd import setup_logging
-    except ImportError:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    else:
-        setup_logging(level)
-
-
 def build_daemon(config: Config, context: OutputContext, extra_outputs: list | None = None) -> Daemon:
     """Wire camera, detector, classifier, stabiliser and outputs from ``config``."""
     from device.camera import open_camera
@@ -40,12 +33,6 @@ def build_daemon(config: Config, context: OutputContext, extra_outputs: list | N
     from device.faces import FaceDetector
     from device.mood import Stabiliser
 
-    try:
-        from device.systemd import Notifier
-    except ImportError:
-        notifier = None
-    else:
-        notifier = Notifier.from_environment()
     classifier = EmotionClassifier.from_config(config)
     camera_path = config.resolve(config.camera.path) if config.camera.source == "replay" else None
     parts = Parts(
@@ -53,28 +40,20 @@ def build_daemon(config: Config, context: OutputContext, extra_outputs: list | N
         detector=FaceDetector(config.detector),
         classifier=classifier,
         stabiliser=Stabiliser(config.mood),
-        notifier=notifier,
+        notifier=Notifier.from_environment(),
         outputs=build_outputs(config, context) + list(extra_outputs or []),
     )
     return Daemon(config, parts)
 
 
-def _box_id(config: Config) -> str:
-    try:
-        from device.topics import box_id
-    except ImportError:
-        return "moodbox"
-    return box_id(config)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args.config)
-    _setup_logging(config.log.level)
+    setup_logging(config.log.level)
     from device.emotion import ModelError
 
     state_dir = config.resolve(config.state.dir)
     state_dir.mkdir(parents=True, exist_ok=True)
-    context = OutputContext(state_dir=state_dir, box_id=_box_id(config), version=__version__)
+    context = OutputContext(state_dir=state_dir, box_id=box_id(config), version=__version__)
     try:
         daemon = build_daemon(config, context)
     except ModelError as exc:
@@ -123,7 +102,7 @@ def _demo_config(config: Config, source: Path, out: Path) -> Config:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     config = load_config_or_exit(args.config or str(REPO_CONFIG))
-    _setup_logging("WARNING" if not args.verbose else "INFO")
+    setup_logging("WARNING" if not args.verbose else "INFO")
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="moodbox-demo-"))
     out.mkdir(parents=True, exist_ok=True)
     if args.input:
@@ -138,7 +117,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         # settle (smoothing + dwell) and then give way to no_face.
         source = write_demo_frames(out / "input", face_frames=120, empty_frames=120)
     config = _demo_config(config, source, out)
-    context = OutputContext(state_dir=out / "state", demo=True, box_id=_box_id(config), version=__version__)
+    context = OutputContext(state_dir=out / "state", demo=True, box_id=box_id(config), version=__version__)
     context.state_dir.mkdir(parents=True, exist_ok=True)
     daemon = build_daemon(config, context, extra_outputs=[_DemoPrinter()])
     install_signal_handlers(daemon)
