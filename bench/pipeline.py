@@ -19,7 +19,7 @@ import cv2
 
 from bench.replay import load_frames
 from bench.timing import summarise
-from device.config import DetectorConfig
+from device.config import DetectorConfig, ModelConfig
 from device.emotion import EmotionClassifier
 from device.faces import FaceDetector
 
@@ -32,7 +32,7 @@ def measure(frames_dir: Path, model: Path, count: int, warmup: int = 5,
     frames = load_frames(frames_dir)
     config = detector or DetectorConfig()
     faces = FaceDetector(config)
-    classifier = EmotionClassifier(model, threads=threads)
+    classifier = EmotionClassifier(model, threads=threads, flip_tta=ModelConfig().flip_tta)  # as the box runs it
 
     def one(frame) -> bool:
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)

@@ -65,7 +65,7 @@ class DetectorConfig(Section):
     scale_factor: float = Field(1.2, gt=1.0, le=2.0, description="Haar pyramid step")
     min_neighbors: int = Field(5, ge=1, le=20, description="Haar hits needed to accept a face")
     min_size: int = Field(40, ge=12, le=480, description="smallest face, px in the full frame")
-    region_frames: int = Field(4, ge=0, le=100, description="frames searched near the last face before a full pass")
+    region_frames: int = Field(9, ge=0, le=100, description="frames searched near the last face before a full pass")
     region_scale: float = Field(2.0, ge=1.2, le=4.0, description="search region side / last face side")
     crop_margin: float = Field(0.1, ge=0.0, le=0.5, description="border added around the face, fraction of its side")
 
