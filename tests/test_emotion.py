@@ -19,25 +19,13 @@ import numpy as np
 import pytest
 
 import tiny_model
-from conftest import CONVERT_VENV, REPO, TFLITE_VENV, venv_python
+from conftest import REPO, TFLITE_VENV, venv_python
 from device.config import parse_config
 from device.emotion import EmotionClassifier, ModelError, Runtime, load_runtime
 from device.preprocess import EMOTIONS, crop_square, face_pixels
 
 SHIPPED = REPO / "models" / "emotion_int8.tflite"
 FER_FACES = 500  # the first PrivateTest rows of the original-pixel test file
-
-
-@pytest.fixture(scope="session")
-def tiny_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny models, built once with TensorFlow and kept in pytest's cache until tiny_model.py changes."""
-    python = venv_python(CONVERT_VENV)
-    cache = getattr(request.config, "cache", None)
-    root = Path(cache.mkdir("moodbox-tiny-model")) if cache is not None else tmp_path_factory.mktemp("tiny-model")
-    try:
-        return tiny_model.build(root, python)
-    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="session")
