@@ -94,7 +94,7 @@ class Daemon:
         self._open_failures = 0
         self._open_retry_at = 0.0
         self._commands: queue.Queue[Command] = queue.Queue()
-        self._owners: dict[str, str] = {}
+        self._owned: set[str] = set()  # command names some output answers
         self.bus.listen(self._take_command)
 
     # -- commands -------------------------------------------------------
@@ -105,7 +105,7 @@ class Daemon:
             return
         if event.name in DAEMON_COMMANDS:
             self._commands.put(event)
-        elif event.name not in self._owners:
+        elif event.name not in self._owned:
             self.bus.publish(CommandResult(event, ok=False, error=f"'{event.name}' is not available: "
                                            "the part that handles it is disabled or failed to start"))
 
@@ -191,7 +191,7 @@ class Daemon:
         """Open the camera, start outputs; READY once the model and camera are up."""
         for output in self.parts.outputs:
             self.bus.attach(output)
-            self._owners.update({name: output.name for name in output.commands})
+            self._owned |= output.commands
         self._publish_model()
         self._open_camera()
         if self.parts.notifier is not None:

@@ -85,10 +85,6 @@ class Bus:
         self._listeners: list = []
         self._lock = threading.Lock()
 
-    @property
-    def outputs(self) -> list[Output]:
-        return [s.output for s in self._subscribers]
-
     def listen(self, callback) -> None:
         self._listeners.append(callback)
 
