@@ -158,7 +158,7 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _checkpointer(run_dir: Path, cfg: TrainConfig, state: dict, started: float):
+def _checkpointer(run_dir: Path, cfg: TrainConfig, state: dict):
     import keras
 
     class Checkpoint(keras.callbacks.Callback):
@@ -227,13 +227,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if state["epoch"] >= cfg.epochs or (state["epoch"] and state["epoch"] - state["best_epoch"] >= cfg.patience):
         print("run already finished", flush=True)
         return run_dir
-    started = time.time()
     model.fit(
         train_ds,
         validation_data=val_ds,
         epochs=cfg.epochs,
         initial_epoch=state["epoch"],
-        callbacks=[_checkpointer(run_dir, cfg, state, started)],
+        callbacks=[_checkpointer(run_dir, cfg, state)],
         verbose=1 if sys.stdout.isatty() else 2,
     )
     print(f"done: best PublicTest accuracy {state['best_val_accuracy']:.4f} at epoch {state['best_epoch']}")
