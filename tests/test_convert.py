@@ -309,6 +309,46 @@ def test_evaluate_cli_without_tensorflow(chain, tmp_path):
     assert (tmp_path / "confusion_private_test.csv").exists()
 
 
+def test_random_erasing_blanks_one_bounded_rectangle_per_chosen_face():
+    check = ("import numpy as np, tensorflow as tf; from convert.train import random_erasing;"
+             "tf.random.set_seed(0); out = random_erasing(tf.zeros([400, 48, 48, 1]), 0.5).numpy()[..., 0];"
+             "hit = out != 0; area = hit.reshape(400, -1).mean(1); rows, cols = hit.any(2), hit.any(1);"
+             "box = all(h.sum() == r.sum() * c.sum() for h, r, c in zip(hit, rows, cols));"
+             "print(round(float((area > 0).mean()), 2), float(area.max()), box)")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([str(venv_python(CONVERT_VENV)), "-c", check], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    chosen, largest, rectangles = done.stdout.split()
+    assert 0.4 <= float(chosen) <= 0.6  # about half the faces, as asked
+    assert float(largest) <= 0.25  # at most 20 % of the face, plus rounding to whole pixels
+    assert rectangles == "True"  # noise fills one axis-aligned rectangle, nothing else
+
+
+def test_train_init_warm_restarts_from_a_model(chain, tmp_path):
+    """``--init`` copies a model's weights into a fresh run; a model of another width is refused by name."""
+    python = venv_python(CONVERT_VENV)
+    data, first = str(chain / "tiny.csv.gz"), chain / "run" / "best.keras"
+    # lr 0: AdamW (decoupled decay scales with the lr too) leaves the conv kernels exactly as loaded.
+    out = _convert_cli(python, "train", "--data", data, "--out", str(tmp_path / "warm"), "--epochs", "1",
+                       "--width", "8", "--limit", "64", "--batch-size", "32", "--lr", "0", "--init", str(first),
+                       cwd=tmp_path)
+    assert f"starting from the weights of {first}" in out
+    compare = ("import sys, keras, numpy as np; a, b = (keras.models.load_model(p, compile=False) for p in sys.argv[1:]);"
+               "kernels = lambda m: [l.get_weights()[0] for l in m.layers if isinstance(l, keras.layers.Conv2D)];"
+               "print(all(np.array_equal(x, y) for x, y in zip(kernels(a), kernels(b))))")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    same = subprocess.run([str(python), "-c", compare, str(first), str(tmp_path / "warm" / "last.keras")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert same.stdout.strip() == "True", same.stderr[-2000:]
+
+    refused = subprocess.run([str(python), "-m", "convert", "train", "--data", data, "--out", str(tmp_path / "bad"),
+                              "--epochs", "1", "--width", "16", "--limit", "64", "--init", str(first)],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0
+    assert f"--init {first}: moodnet8 does not fit moodnet16" in refused.stderr
+
+
 # -- flash -----------------------------------------------------------------------------------------
 
 
