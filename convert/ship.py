@@ -1,5 +1,9 @@
 """``python -m convert ship``: quantise, evaluate and write ``<out>/<name>.tflite`` + ``<name>.json``.
 
+Beside them goes ``<name>_float.keras``, the float model without optimiser
+state: never installed on a box, it is what ``convert train --init`` starts a
+warm restart from, so a later run can build on this one without its run folder.
+
 The JSON beside the model is the contract the box checks before it loads a
 model (format ``moodbox-emotion-model/1``): labels, input/output tensors,
 preprocessing, sha256 and size, plus the evaluation figures and the training
@@ -20,7 +24,7 @@ from convert.data import load_splits
 from convert.quantize import quantize, write_atomic, write_json
 from device.preprocess import EMOTIONS
 
-__all__ = ["add_arguments", "evaluation_metadata", "main", "ship"]
+__all__ = ["add_arguments", "evaluation_metadata", "main", "save_float_model", "ship"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,16 @@ def _training_summary(state_path: Path | None) -> dict[str, Any] | None:
         "best_public_test_accuracy": state.get("best_val_accuracy"),
         "train_seconds": round(float(state.get("train_seconds", 0.0)), 1),
     }
+
+
+def save_float_model(keras_path: Path, dest: Path) -> dict[str, Any]:
+    """Write the float model at ``keras_path`` without its optimiser state; returns its metadata entry."""
+    import keras
+
+    tmp = dest.with_name(dest.stem + ".tmp.keras")
+    keras.models.load_model(keras_path, compile=False).save(tmp)
+    tmp.replace(dest)
+    return {"file": dest.name, "sha256": ev.sha256_file(dest), "size_bytes": dest.stat().st_size}
 
 
 def evaluation_metadata(int8_report: dict[str, Any], float_report: dict[str, Any]) -> dict[str, Any]:
@@ -115,6 +129,7 @@ def ship(
     }
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    metadata["float_model"] = save_float_model(keras_path, out_dir / f"{name}_float.keras")
     # The model first: until its new JSON lands, the box refuses the pair on the sha256
     # check and keeps serving the model it has.
     write_atomic(out_dir / f"{name}.tflite", quantized.int8_path.read_bytes())

@@ -233,6 +233,11 @@ def test_shipped_tiny_model_metadata(chain):
     assert meta["training"]["config"]["width"] == 8 and meta["training"]["epochs_run"] == 1
     assert meta["training"]["train_seconds"] > 0
     assert meta["calibration_faces"] == 70
+    # The float model for a warm restart (convert train --init), without optimiser state.
+    float_model = chain / "models" / meta["float_model"]["file"]
+    assert float_model.name == "emotion_int8_float.keras"
+    assert meta["float_model"]["sha256"] == ev.sha256_file(float_model)
+    assert meta["float_model"]["size_bytes"] < 6 * meta["params"] + 200_000  # float32 weights, no Adam moments
 
 
 def test_shipped_tiny_model_docs(chain):
@@ -580,6 +585,8 @@ def test_shipped_model_matches_its_metadata(shipped_model):
     assert meta["size_bytes"] == shipped_model.stat().st_size
     assert meta["labels"] == list(EMOTIONS)
     assert version(meta["min_runtime_version"]) <= TFLITE_214
+    if "float_model" in meta:
+        assert meta["float_model"]["sha256"] == ev.sha256_file(shipped_model.parent / meta["float_model"]["file"])
     # A model below the bar may ship only if its metadata says it is provisional.
     headline = meta["accuracy"]["private_test"]["int8_flip_tta" if meta["flip_tta"] else "int8"]
     assert meta["release"]["status"] == ("final" if headline >= BAR else "provisional"), meta["release"]
