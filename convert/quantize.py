@@ -39,6 +39,7 @@ __all__ = [
     "op_versions",
     "quantize",
     "representative_faces",
+    "tflite_schema",
     "write_atomic",
     "write_json",
 ]
@@ -111,7 +112,7 @@ def convert_int8(model, faces: np.ndarray) -> bytes:
         return converter.convert()
 
 
-def _schema() -> ModuleType:
+def tflite_schema() -> ModuleType:
     """The TFLite flatbuffer schema from whichever runtime this environment has."""
     for name in ("ai_edge_litert.schema_py_generated", "tensorflow.lite.python.schema_py_generated"):
         try:
@@ -123,7 +124,7 @@ def _schema() -> ModuleType:
 
 def min_runtime_version(model_bytes: bytes) -> str:
     """The converter's ``min_runtime_version`` metadata entry (e.g. ``"2.3.0"``)."""
-    schema = _schema()
+    schema = tflite_schema()
     model = schema.Model.GetRootAsModel(model_bytes, 0)
     for i in range(model.MetadataLength()):
         entry = model.Metadata(i)
@@ -135,7 +136,7 @@ def min_runtime_version(model_bytes: bytes) -> str:
 
 def op_versions(model_bytes: bytes) -> dict[str, int]:
     """Builtin operator name -> version, as a runtime checks them when it loads the model."""
-    schema = _schema()
+    schema = tflite_schema()
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
     model = schema.Model.GetRootAsModel(model_bytes, 0)
     ops: dict[str, int] = {}

@@ -33,12 +33,43 @@ def _training_summary(state_path: Path | None) -> dict[str, Any] | None:
     if state_path is None or not state_path.exists():
         return None
     state = json.loads(state_path.read_text())
-    return {
+    summary = {
         "config": state.get("config"),
         "epochs_run": state.get("epoch"),
         "best_epoch": state.get("best_epoch"),
         "best_public_test_accuracy": state.get("best_val_accuracy"),
         "train_seconds": round(float(state.get("train_seconds", 0.0)), 1),
+    }
+    parent = _initial_model(Path((state.get("config") or {}).get("init") or ""))
+    if parent is not None:
+        summary["initial_model"] = parent
+        summary["total_train_seconds"] = round(summary["train_seconds"] + parent["total_train_seconds"], 1)
+    return summary
+
+
+def _initial_model(init: Path) -> dict[str, Any] | None:
+    """What a warm restart (``train --init``) started from, read from that model's shipped metadata.
+
+    Only when the file is still the one the metadata describes (same sha256), so a
+    model's lineage, and its training time summed over the chain, stay true.
+    """
+    if not init.name or not init.is_file():
+        return None
+    meta_path = init.with_suffix(".json") if init.suffix == ".tflite" else \
+        init.with_name(init.stem.removesuffix("_float") + ".json")
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    described = meta.get("sha256") if init.suffix == ".tflite" else (meta.get("float_model") or {}).get("sha256")
+    if described != ev.sha256_file(init):
+        return None
+    training = meta.get("training") or {}
+    return {
+        "file": init.name,
+        "version": meta.get("version"),
+        "sha256": meta.get("sha256"),
+        "epochs_run": training.get("epochs_run"),
+        "total_train_seconds": training.get("total_train_seconds", training.get("train_seconds", 0.0)),
     }
 
 

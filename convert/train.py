@@ -41,7 +41,7 @@ class TrainConfig:
     class_weight_power: float = 0.5
     seed: int = 1337
     limit: int = 0  # use only the first N shuffled training faces (tests, smoke runs)
-    init: str = ""  # start from this .keras model's weights, with a fresh optimiser and schedule
+    init: str = ""  # start from this .keras or .tflite model's weights, with a fresh optimiser and schedule
     jit_compile: bool = False  # XLA measured slower here: 377 vs 278 ms per batch of 64
     augment: dict = field(
         default_factory=lambda: {
@@ -73,8 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jit", dest="jit_compile", action="store_true", help="compile with XLA")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/last.keras")
     parser.add_argument("--init", default="", metavar="MODEL",
-                        help="start from this .keras model's weights with a fresh schedule (a warm restart), "
-                             "e.g. models/emotion_float.keras; same --arch and --width")
+                        help="start from this model's weights with a fresh schedule (a warm restart): a .keras "
+                             "model such as models/emotion_int8_float.keras, or a shipped int8 .tflite; "
+                             "same --arch and --width")
 
 
 def _class_weights(labels: np.ndarray, power: float) -> np.ndarray:
@@ -233,21 +234,6 @@ def _checkpointer(run_dir: Path, cfg: TrainConfig, state: dict):
     return Checkpoint()
 
 
-def _load_initial_weights(model, path: Path) -> None:
-    """Copy the weights of the model at ``path`` into ``model``; a different architecture is refused."""
-    import keras
-
-    if not path.exists():
-        raise SystemExit(f"--init {path}: no such file")
-    source = keras.models.load_model(path, compile=False)
-    try:
-        model.set_weights(source.get_weights())
-    except ValueError as exc:
-        raise SystemExit(f"--init {path}: {source.name} does not fit {model.name} "
-                         f"(check --arch and --width): {exc}") from None
-    print(f"starting from the weights of {path} ({source.name})", flush=True)
-
-
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
     """Train (or resume) a run; returns the run folder holding best.keras."""
     import keras
@@ -274,7 +260,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
         model = build(cfg.arch, cfg.width)
         if cfg.init:
-            _load_initial_weights(model, Path(cfg.init))
+            from convert.warmstart import load_initial_weights
+
+            sample = np.random.default_rng(cfg.seed).choice(len(train_split), min(4096, len(train_split)), replace=False)
+            load_initial_weights(model, Path(cfg.init), train_split.faces[np.sort(sample)][..., None] / np.float32(255))
         _compile(model, cfg, steps)
     if state["epoch"] >= cfg.epochs or (state["epoch"] and state["epoch"] - state["best_epoch"] >= cfg.patience):
         print("run already finished", flush=True)

@@ -354,6 +354,83 @@ def test_train_init_warm_restarts_from_a_model(chain, tmp_path):
     assert f"--init {first}: moodnet8 does not fit moodnet16" in refused.stderr
 
 
+_UNFOLD_CHECK = """
+import sys
+from pathlib import Path
+import keras, numpy as np
+from convert.data import load_csv
+from convert.model import moodnet
+from convert.warmstart import load_initial_weights
+
+data, tflite, keras_path, width = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+splits = load_csv(data)
+training = splits["Training"].faces[..., None] / np.float32(255)
+faces = splits["PrivateTest"].faces[..., None] / np.float32(255)
+unfolded = moodnet(width)
+load_initial_weights(unfolded, tflite, training)
+trained = keras.models.load_model(keras_path, compile=False)
+features = lambda m: keras.Model(m.inputs, m.layers[-3].output).predict(faces, verbose=0)  # global average pool
+a, b = features(unfolded), features(trained)
+print(np.linalg.norm(a - b) / np.linalg.norm(b))
+print((unfolded.predict(faces, verbose=0).argmax(1) == trained.predict(faces, verbose=0).argmax(1)).mean())
+# Training mode: each BatchNorm now uses the batch's statistics, which its own were set from.
+for layer in unfolded.layers:
+    if isinstance(layer, keras.layers.Dropout):
+        layer.rate = 0.0
+c = np.asarray(keras.Model(unfolded.inputs, unfolded.layers[-3].output)(faces, training=True))
+print(np.linalg.norm(c - a) / np.linalg.norm(a))
+"""
+
+
+def test_train_init_unfolds_a_shipped_int8_model(chain, tmp_path):
+    """``--init model.tflite``: the int8 weights, BatchNorm unfolded, give the float model's features back."""
+    python = venv_python(CONVERT_VENV)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    tflite, data = chain / "models" / "emotion_int8.tflite", str(chain / "tiny.csv.gz")
+    done = subprocess.run([str(python), "-c", _UNFOLD_CHECK, data, str(tflite), str(chain / "run" / "best.keras"), "8"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"starting from the weights of {tflite} (the int8 model, unfolded)" in done.stdout
+    relative_error, agreement, training_mode_error = map(float, done.stdout.split()[-3:])
+    assert relative_error < 0.05  # int8 weight rounding; a transposed or unscaled kernel is off by ~100 %
+    assert agreement >= 0.95
+    assert training_mode_error < 0.05, training_mode_error  # BatchNorm left at identity would be far off
+
+    refused = subprocess.run([str(python), "-c", _UNFOLD_CHECK, data, str(tflite), str(chain / "run" / "best.keras"),
+                              "16"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0
+    assert (f"--init {tflite}: its layers do not fit moodnet16: weighted layer 1 is ('CONV_2D', (3, 3, 1, 8)), "
+            "moodnet16 needs ('CONV_2D', (3, 3, 1, 16))") in refused.stderr
+
+
+def _warm_run(tmp_path: Path, init: Path, seconds: float) -> Path:
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"config": {"init": str(init)}, "epoch": 3, "best_epoch": 2,
+                                 "best_val_accuracy": 0.5, "train_seconds": seconds}))
+    return state
+
+
+@pytest.mark.parametrize("stem", ["emotion_int8.tflite", "emotion_int8_float.keras"])
+def test_ship_records_the_warm_restart_lineage(tmp_path, stem):
+    """A run started with --init names the shipped model it grew from and sums the training time."""
+    from convert.ship import _training_summary
+
+    parent = tmp_path / stem
+    parent.write_bytes(b"the parent model")
+    sha = ev.sha256_file(parent)
+    described = {"sha256": sha} if stem.endswith(".tflite") else {"sha256": "ab" * 32, "float_model": {"sha256": sha}}
+    (tmp_path / "emotion_int8.json").write_text(json.dumps(
+        {**described, "version": "20261125-0aec356a", "training": {"epochs_run": 50, "train_seconds": 5117.5}}))
+    summary = _training_summary(_warm_run(tmp_path, parent, 100.0))
+    assert summary["initial_model"] == {"file": stem, "version": "20261125-0aec356a",
+                                        "sha256": described["sha256"], "epochs_run": 50, "total_train_seconds": 5117.5}
+    assert summary["total_train_seconds"] == 5217.5
+
+    parent.write_bytes(b"another model in its place")  # the metadata no longer describes it: no lineage
+    summary = _training_summary(_warm_run(tmp_path, parent, 100.0))
+    assert "initial_model" not in summary and "total_train_seconds" not in summary
+
+
 # -- flash -----------------------------------------------------------------------------------------
 
 
