@@ -1,6 +1,7 @@
 """``python -m convert <command>``: the model tool chain's command line.
 
 train     train on FER2013 (resumable)                    needs TensorFlow
+average   the mean weights of a run's last epochs         needs TensorFlow
 quantize  Keras checkpoint -> full-int8 + float TFLite     needs TensorFlow
 evaluate  score a .tflite (any TFLite runtime) or .keras model on PublicTest/PrivateTest
 ship      quantize + evaluate + write models/<name>.tflite, its metadata JSON and docs
@@ -22,6 +23,7 @@ __all__ = ["COMMANDS", "main"]
 #: and imports TensorFlow only inside the functions that need it.
 COMMANDS = {
     "train": ("convert.train", "train on FER2013 (resumable)"),
+    "average": ("convert.average", "one model from the mean weights of a run's last epochs (SWA)"),
     "quantize": ("convert.quantize", "full-integer int8 post-training quantisation of a .keras checkpoint"),
     "evaluate": ("convert.evaluate", "accuracy, macro-F1, per-class figures and confusion matrices"),
     "ship": ("convert.ship", "quantize + evaluate + write <out>/<name>.tflite and <name>.json"),

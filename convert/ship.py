@@ -29,7 +29,7 @@ __all__ = ["add_arguments", "evaluation_metadata", "main", "save_float_model", "
 log = logging.getLogger(__name__)
 
 
-def _training_summary(state_path: Path | None) -> dict[str, Any] | None:
+def _training_summary(state_path: Path | None, keras_path: Path | None = None) -> dict[str, Any] | None:
     if state_path is None or not state_path.exists():
         return None
     state = json.loads(state_path.read_text())
@@ -40,6 +40,11 @@ def _training_summary(state_path: Path | None) -> dict[str, Any] | None:
         "best_public_test_accuracy": state.get("best_val_accuracy"),
         "train_seconds": round(float(state.get("train_seconds", 0.0)), 1),
     }
+    sidecar = keras_path.with_suffix(".json") if keras_path is not None else None
+    if sidecar is not None and sidecar.is_file():
+        averaged = json.loads(sidecar.read_text())
+        if "averaged" in averaged:  # the model is convert average's mean of these epochs
+            summary["averaged"] = averaged
     parent = _initial_model(Path((state.get("config") or {}).get("init") or ""))
     if parent is not None:
         summary["initial_model"] = parent
@@ -156,7 +161,7 @@ def ship(
         "speed": {"int8": ev.ms_per_face(quantized.int8_path, threads),
                   "float": ev.ms_per_face(quantized.float_path, threads)},
         "calibration_faces": quantized.calibration_faces,
-        "training": _training_summary(state_path),
+        "training": _training_summary(state_path, keras_path),
     }
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ import numpy as np
 
 from convert.quantize import tflite_schema
 
-__all__ = ["load_initial_weights", "tflite_layers"]
+__all__ = ["channel_statistics", "load_initial_weights", "tflite_layers"]
 
 #: Layer kind -> the TFLite builtin operator the converter turns it into.
 _OPERATORS = {"Conv2D": "CONV_2D", "Dense": "FULLY_CONNECTED"}
@@ -93,20 +93,30 @@ def _unfold_tflite(model, path: Path, faces: np.ndarray) -> None:
             layer.set_weights([kernel, bias])
     if not folded:
         return
-    probe = keras.Model(model.inputs, [conv.output for _, _, conv in folded])
-    # Summed batch by batch: all eight conv outputs of 4,096 faces at once would take 4 GB.
-    sums = [np.zeros((2, len(bias))) for _, bias, _ in folded]
-    for start in range(0, len(faces), 256):
-        outputs = probe(faces[start:start + 256], training=False)
-        for total, conv_out in zip(sums, outputs if len(folded) > 1 else [outputs]):
-            values = np.asarray(conv_out, dtype=np.float64).reshape(-1, total.shape[1])
-            total += (values.sum(axis=0), np.square(values).sum(axis=0))
-    for (norm, bias, conv), (total, square) in zip(folded, sums):
-        count = len(faces) * int(np.prod(conv.output.shape[1:3]))
-        mean = (total / count).astype(np.float32)
-        var = np.maximum(square / count - np.square(total / count), 0.0).astype(np.float32)
+    statistics = channel_statistics(model, [conv.output for _, _, conv in folded], faces)
+    for (norm, bias, _), (mean, var) in zip(folded, statistics):
         # gamma * (y - mean) / sqrt(var + eps) + beta == y + bias, for these statistics.
         norm.set_weights([np.sqrt(var + norm.epsilon), mean + bias, mean, var])
+
+
+def channel_statistics(model, tensors: list, faces: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per-channel mean and variance of each of ``model``'s inner ``tensors`` over ``faces``, in inference mode."""
+    import keras
+
+    probe = keras.Model(model.inputs, tensors)
+    # Summed batch by batch: all eight conv outputs of 4,096 faces at once would take 4 GB.
+    sums = [np.zeros((2, tensor.shape[-1])) for tensor in tensors]
+    for start in range(0, len(faces), 256):
+        outputs = probe(faces[start:start + 256], training=False)
+        for total, output in zip(sums, outputs if len(tensors) > 1 else [outputs]):
+            values = np.asarray(output, dtype=np.float64).reshape(-1, total.shape[1])
+            total += (values.sum(axis=0), np.square(values).sum(axis=0))
+    statistics = []
+    for tensor, (total, square) in zip(tensors, sums):
+        count = len(faces) * int(np.prod(tensor.shape[1:-1]))
+        mean = total / count
+        statistics.append((mean.astype(np.float32), np.maximum(square / count - np.square(mean), 0.0).astype(np.float32)))
+    return statistics
 
 
 def load_initial_weights(model, path: Path, faces: np.ndarray) -> None:

@@ -185,7 +185,7 @@ def chain(tmp_path_factory):
     write_csv(root / "tiny.csv.gz", {"Training": 280, "PublicTest": 70, "PrivateTest": 70})
     write_csv(root / "original.csv", {"PublicTest": 70, "PrivateTest": 70}, seed=1)
     _convert_cli(python, "train", "--data", str(root / "tiny.csv.gz"), "--out", str(root / "run"), "--epochs", "1",
-                 "--width", "8", "--limit", "210", "--batch-size", "32", cwd=root)
+                 "--width", "8", "--limit", "210", "--batch-size", "32", "--keep-epochs", cwd=root)
     # ship = quantize (into --build) + evaluate + write; one TensorFlow start instead of two.
     shipped = _convert_cli(python, "ship", "--model", str(root / "run" / "best.keras"),
                            "--data", str(root / "tiny.csv.gz"), "--original", str(root / "original.csv"),
@@ -193,6 +193,11 @@ def chain(tmp_path_factory):
                            "--samples", "70", cwd=root)
     (root / "stdout.txt").write_text(shipped)
     return root
+
+
+def test_train_keeps_every_epoch_when_asked(chain):
+    kept = chain / "run" / "epochs" / "epoch-01.keras"
+    assert kept.read_bytes() == (chain / "run" / "last.keras").read_bytes()
 
 
 def test_quantize_writes_int8_and_float_with_contract_metadata(chain):
@@ -403,6 +408,55 @@ def test_train_init_unfolds_a_shipped_int8_model(chain, tmp_path):
             "moodnet16 needs ('CONV_2D', (3, 3, 1, 16))") in refused.stderr
 
 
+_AVERAGE_CHECK = """
+import sys
+from pathlib import Path
+import keras, numpy as np
+from convert.average import average
+from convert.model import moodnet
+from convert.warmstart import channel_statistics
+
+tmp = Path(sys.argv[1])
+paths = []
+for seed in (1, 2):
+    keras.utils.set_random_seed(seed)
+    model = moodnet(8)
+    for norm in (l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)):
+        norm.gamma.assign(np.random.default_rng(seed).uniform(0.5, 2.0, norm.gamma.shape))
+    model.save(tmp / f"epoch-{seed}.keras")
+    paths.append(tmp / f"epoch-{seed}.keras")
+faces = np.random.default_rng(0).random((300, 48, 48, 1), dtype=np.float32)
+average(paths, faces, tmp / "average.keras")
+merged, *epochs = (keras.models.load_model(p, compile=False) for p in [tmp / "average.keras", *paths])
+convs = lambda m: [l.kernel.numpy() for l in m.layers if isinstance(l, keras.layers.Conv2D)]
+print(all(np.allclose(k, (a + b) / 2) for k, a, b in zip(convs(merged), *map(convs, epochs))))
+norms = [l for l in merged.layers if isinstance(l, keras.layers.BatchNormalization)]
+measured = channel_statistics(merged, [n.input for n in norms], faces)
+print(max(float(np.abs(n.moving_variance.numpy() - var).max() / var.max()) for n, (_, var) in zip(norms, measured)))
+print((tmp / "average.json").read_text().replace(" ", "").replace(chr(10), ""))
+try:
+    keras.utils.set_random_seed(3)
+    moodnet(16).save(tmp / "wide.keras")
+    average([paths[0], tmp / "wide.keras"], faces, tmp / "refused.keras")
+except ValueError as exc:
+    print(exc)
+"""
+
+
+def test_average_means_the_weights_and_remeasures_batchnorm(tmp_path):
+    python = venv_python(CONVERT_VENV)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([str(python), "-c", _AVERAGE_CHECK, str(tmp_path)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    kernels_are_means, variance_error, sidecar, refused = done.stdout.strip().splitlines()[-4:]
+    assert json.loads(sidecar) == {"averaged": ["epoch-1.keras", "epoch-2.keras"], "batchnorm_faces": 300}
+    assert kernels_are_means == "True"
+    # Each BatchNorm holds the statistics of its input in the averaged net, the layers before it included.
+    assert float(variance_error) < 1e-3
+    assert refused == "the models are of different architectures: ['moodnet16', 'moodnet8']"
+
+
 def _warm_run(tmp_path: Path, init: Path, seconds: float) -> Path:
     state = tmp_path / "state.json"
     state.write_text(json.dumps({"config": {"init": str(init)}, "epoch": 3, "best_epoch": 2,
@@ -425,6 +479,11 @@ def test_ship_records_the_warm_restart_lineage(tmp_path, stem):
     assert summary["initial_model"] == {"file": stem, "version": "20261125-0aec356a",
                                         "sha256": described["sha256"], "epochs_run": 50, "total_train_seconds": 5117.5}
     assert summary["total_train_seconds"] == 5217.5
+
+    model = tmp_path / "average.keras"
+    (tmp_path / "average.json").write_text(json.dumps({"averaged": ["epoch-39.keras", "epoch-40.keras"]}))
+    summary = _training_summary(_warm_run(tmp_path, parent, 100.0), model)
+    assert summary["averaged"] == {"averaged": ["epoch-39.keras", "epoch-40.keras"]}
 
     parent.write_bytes(b"another model in its place")  # the metadata no longer describes it: no lineage
     summary = _training_summary(_warm_run(tmp_path, parent, 100.0))
