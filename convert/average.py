@@ -16,7 +16,7 @@ import numpy as np
 
 from convert.data import default_data_dir, load_splits
 from convert.quantize import write_json
-from convert.warmstart import channel_statistics
+from convert.warmstart import channel_statistics, statistics_faces
 
 __all__ = ["add_arguments", "average", "main"]
 
@@ -57,8 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    training = load_splits(args.data)["Training"]
-    picked = np.random.default_rng(0).choice(len(training), min(args.faces, len(training)), replace=False)
-    average(args.models, training.faces[np.sort(picked)][..., None] / np.float32(255), args.out)
-    print(f"{args.out}: the mean of {len(args.models)} models, BatchNorm measured on {len(picked)} Training faces")
+    faces = statistics_faces(load_splits(args.data)["Training"], args.faces, seed=0)
+    average(args.models, faces, args.out)
+    print(f"{args.out}: the mean of {len(args.models)} models, BatchNorm measured on {len(faces)} Training faces")
     return 0

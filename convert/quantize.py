@@ -37,6 +37,7 @@ __all__ = [
     "main",
     "min_runtime_version",
     "op_versions",
+    "operator_name",
     "quantize",
     "representative_faces",
     "tflite_schema",
@@ -134,16 +135,22 @@ def min_runtime_version(model_bytes: bytes) -> str:
     raise ValueError("the model has no min_runtime_version metadata")
 
 
-def op_versions(model_bytes: bytes) -> dict[str, int]:
-    """Builtin operator name -> version, as a runtime checks them when it loads the model."""
+def operator_name(code) -> str:
+    """The builtin operator name (``"CONV_2D"``) of a flatbuffer OperatorCode."""
     schema = tflite_schema()
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    model = schema.Model.GetRootAsModel(model_bytes, 0)
+    # Codes below 127 sit in the deprecated int8 field, newer ones only in the int32 field.
+    op = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+    return names.get(op, str(op))
+
+
+def op_versions(model_bytes: bytes) -> dict[str, int]:
+    """Builtin operator name -> version, as a runtime checks them when it loads the model."""
+    model = tflite_schema().Model.GetRootAsModel(model_bytes, 0)
     ops: dict[str, int] = {}
     for i in range(model.OperatorCodesLength()):
         code = model.OperatorCodes(i)
-        op = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        name = names.get(op, str(op))
+        name = operator_name(code)
         ops[name] = max(ops.get(name, 0), code.Version())
     return ops
 

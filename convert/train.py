@@ -267,10 +267,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
         model = build(cfg.arch, cfg.width)
         if cfg.init:
-            from convert.warmstart import load_initial_weights
+            from convert.warmstart import load_initial_weights, statistics_faces
 
-            sample = np.random.default_rng(cfg.seed).choice(len(train_split), min(4096, len(train_split)), replace=False)
-            load_initial_weights(model, Path(cfg.init), train_split.faces[np.sort(sample)][..., None] / np.float32(255))
+            load_initial_weights(model, Path(cfg.init), statistics_faces(train_split, 4096, cfg.seed))
         _compile(model, cfg, steps)
     if state["epoch"] >= cfg.epochs or (state["epoch"] and state["epoch"] - state["best_epoch"] >= cfg.patience):
         print("run already finished", flush=True)

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from convert.quantize import tflite_schema
+from convert.data import Split
+from convert.quantize import operator_name, tflite_schema
 
-__all__ = ["channel_statistics", "load_initial_weights", "tflite_layers"]
+__all__ = ["channel_statistics", "load_initial_weights", "statistics_faces", "tflite_layers"]
 
 #: Layer kind -> the TFLite builtin operator the converter turns it into.
 _OPERATORS = {"Conv2D": "CONV_2D", "Dense": "FULLY_CONNECTED"}
@@ -47,15 +48,12 @@ def _dequantize(model, subgraph, index: int) -> np.ndarray:
 
 def tflite_layers(model_bytes: bytes) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """``(operator, kernel, bias)`` of every convolution and dense layer, in graph order, in Keras layout."""
-    schema = tflite_schema()
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    model = schema.Model.GetRootAsModel(model_bytes, 0)
+    model = tflite_schema().Model.GetRootAsModel(model_bytes, 0)
     subgraph = model.Subgraphs(0)
     layers = []
     for i in range(subgraph.OperatorsLength()):
         op = subgraph.Operators(i)
-        code = model.OperatorCodes(op.OpcodeIndex())
-        name = names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()))
+        name = operator_name(model.OperatorCodes(op.OpcodeIndex()))
         if name not in _OPERATORS.values():
             continue
         _, weights, bias = op.InputsAsNumpy()[:3]
@@ -117,6 +115,12 @@ def channel_statistics(model, tensors: list, faces: np.ndarray) -> list[tuple[np
         mean = total / count
         statistics.append((mean.astype(np.float32), np.maximum(square / count - np.square(mean), 0.0).astype(np.float32)))
     return statistics
+
+
+def statistics_faces(split: Split, count: int, seed: int) -> np.ndarray:
+    """``count`` faces of ``split`` drawn at random, as (N, 48, 48, 1) floats in [0, 1]: what BatchNorm is measured on."""
+    picked = np.random.default_rng(seed).choice(len(split), min(count, len(split)), replace=False)
+    return split.faces[np.sort(picked)][..., None] / np.float32(255)
 
 
 def load_initial_weights(model, path: Path, faces: np.ndarray) -> None:
