@@ -29,7 +29,7 @@ def measure(model: Path, threads: int, runs: int, warmup: int) -> dict[str, Any]
 
     classifier = EmotionClassifier(model, threads=threads)
     face = np.random.default_rng(0).integers(0, 256, (1, FACE_SIZE, FACE_SIZE), dtype=np.uint8)
-    timing = time_calls(lambda: classifier.classify_faces(face, flip_tta=False), runs, warmup)
+    timing = time_calls(lambda: classifier.classify_faces(face, flip_tta=False, zoom_tta=()), runs, warmup)
     return {"runtime": str(classifier.runtime), "threads": threads, "dtype": classifier.info.input_dtype,
             "numpy": np.__version__, **timing.as_dict()}
 

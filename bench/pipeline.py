@@ -32,7 +32,9 @@ def measure(frames_dir: Path, model: Path, count: int, warmup: int = 5,
     frames = load_frames(frames_dir)
     config = detector or DetectorConfig()
     faces = FaceDetector(config)
-    classifier = EmotionClassifier(model, threads=threads, flip_tta=ModelConfig().flip_tta)  # as the box runs it
+    box_model = ModelConfig()  # the test-time augmentation the box runs by default
+    classifier = EmotionClassifier(model, threads=threads, flip_tta=box_model.flip_tta,
+                                   zoom_tta=box_model.zoom_tta)
 
     def one(frame) -> bool:
         gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)

@@ -1,7 +1,8 @@
 """``python -m convert evaluate``: score a .tflite or .keras model on FER2013 splits.
 
 Accuracy, macro-F1, per-class precision/recall and the confusion matrix, with
-and without horizontal-flip test-time augmentation, on PublicTest and
+and without test-time augmentation (the mirrored face, then zooms of the face
+and their mirrors, as the box does it), on PublicTest and
 PrivateTest of the training CSV and, when present, on the same faces with
 their original (unequalised) pixels. A .tflite model (with its metadata JSON
 beside it) runs through the box's own ``EmotionClassifier`` in whichever TFLite
@@ -25,18 +26,21 @@ from typing import Any
 import numpy as np
 
 from convert.data import Split, default_data_dir, load_csv, load_folder
-from device.preprocess import EMOTIONS, FACE_SIZE, quantize_input
+from device.preprocess import EMOTIONS, FACE_SIZE, quantize_input, tta_views
 
 __all__ = [
     "ORIGINAL_TEST_NAME",
     "SPLIT_KEYS",
+    "VARIANTS",
     "Metrics",
     "Predictor",
     "add_arguments",
     "add_data_arguments",
+    "add_zoom_argument",
     "eval_splits",
     "evaluate",
     "evaluate_split",
+    "figure_key",
     "keras_predictor",
     "load_eval_splits",
     "main",
@@ -59,6 +63,13 @@ log = logging.getLogger(__name__)
 SPLIT_KEYS = {"PublicTest": "public_test", "PrivateTest": "private_test"}
 #: The original-pixel test CSV that sits beside the training CSV in ../shared.
 ORIGINAL_TEST_NAME = "fer2013_original_test.csv.gz"
+#: Result variant -> the words for it in titles: no TTA, the mirror, the mirror and the zooms.
+VARIANTS = {"plain": "", "flip_tta": "flip-TTA", "zoom_tta": "flip + zoom TTA"}
+
+
+def figure_key(kind: str, variant: str) -> str:
+    """The metadata key of one figure of a variant: ``int8``, ``int8_flip_tta``, ``macro_f1_float_zoom_tta``."""
+    return kind if variant == "plain" else f"{kind}_{variant}"
 
 
 @dataclass(frozen=True)
@@ -117,7 +128,8 @@ def tflite_predictor(model: str | Path, threads: int = 1) -> Predictor:
     from device.emotion import EmotionClassifier
 
     classifier = EmotionClassifier(model, threads=threads)
-    return Predictor(lambda faces: classifier.classify_faces(faces, flip_tta=False), str(classifier.runtime))
+    return Predictor(lambda faces: classifier.classify_faces(faces, flip_tta=False, zoom_tta=()),
+                     str(classifier.runtime))
 
 
 def keras_predictor(model: str | Path) -> Predictor:
@@ -142,15 +154,19 @@ def predictor_for(model: str | Path, threads: int = 1) -> Predictor:
     raise ValueError(f"{model}: expected a .tflite or .keras model")
 
 
-def evaluate_split(predictor: Predictor, split: Split, flip_tta: bool) -> dict[str, Any]:
-    """``plain`` metrics and, with ``flip_tta``, the mirrored-and-averaged ones too."""
-    probs = predictor.predict(split.faces)
-    result: dict[str, Any] = {"faces": len(split), "plain": score(split.labels, probs.argmax(axis=1))}
+def evaluate_split(
+    predictor: Predictor, split: Split, flip_tta: bool, zoom_tta: tuple[float, ...] = ()
+) -> dict[str, Any]:
+    """``plain`` metrics; with ``flip_tta`` the mirrored-and-averaged ones; with ``zoom_tta`` also
+    those averaged over the zooms (and their mirrors, with ``flip_tta``), as the box would."""
+    views = [predictor.predict(view) for view in tta_views(split.faces, flip_tta, zoom_tta)]
+    # The box averages the views' normalised distributions; their sum has the same argmax,
+    # and each smaller set of views is a prefix of the larger one, so no pass runs twice.
+    result: dict[str, Any] = {"faces": len(split), "plain": score(split.labels, views[0].argmax(axis=1))}
     if flip_tta:
-        # The box averages the two normalised distributions; the sum has the same argmax,
-        # and reusing the plain pass saves a third of the work.
-        mirrored = predictor.predict(np.ascontiguousarray(split.faces[:, :, ::-1]))
-        result["flip_tta"] = score(split.labels, (probs + mirrored).argmax(axis=1))
+        result["flip_tta"] = score(split.labels, (views[0] + views[1]).argmax(axis=1))
+    if zoom_tta:
+        result["zoom_tta"] = score(split.labels, sum(views).argmax(axis=1))
     return result
 
 
@@ -176,21 +192,24 @@ def load_eval_splits(data: str | Path, original: str | Path | None) -> dict[str,
     return eval_splits(data.name, loaded, original)
 
 
-def ms_per_face(model: str | Path, threads: int = 1, runs: int = 200) -> dict[str, Any]:
-    """Median and 90th-percentile time of the box's classifier on one face, after a warm-up."""
+def ms_per_face(model: str | Path, threads: int = 1, runs: int = 200, flip_tta: bool = False,
+                zoom_tta: tuple[float, ...] = ()) -> dict[str, Any]:
+    """Median and 90th-percentile time of the box's classifier on one face, after a warm-up,
+    with the given test-time augmentation (default: one pass)."""
     from device.emotion import EmotionClassifier
 
-    classifier = EmotionClassifier(model, threads=threads)
+    classifier = EmotionClassifier(model, threads=threads, flip_tta=flip_tta, zoom_tta=zoom_tta)
     face = np.random.default_rng(0).integers(0, 256, (1, FACE_SIZE, FACE_SIZE), dtype=np.uint8)
     for _ in range(20):
-        classifier.classify_faces(face, flip_tta=False)
+        classifier.classify_faces(face)
     times = []
     for _ in range(runs):
         start = time.perf_counter()
-        classifier.classify_faces(face, flip_tta=False)
+        classifier.classify_faces(face)
         times.append((time.perf_counter() - start) * 1000.0)
     return {"runtime": str(classifier.runtime), "threads": threads, "ms_median": float(np.median(times)),
-            "ms_p90": float(np.percentile(times, 90)), "runs": runs}
+            "ms_p90": float(np.percentile(times, 90)), "runs": runs,
+            "views": len(tta_views(face, flip_tta, zoom_tta))}
 
 
 def sha256_file(path: str | Path) -> str:
@@ -269,16 +288,15 @@ def evaluate(
     splits: dict[str, tuple[str, Split]],
     flip_tta: bool = True,
     threads: int = 1,
+    zoom_tta: tuple[float, ...] = (),
 ) -> dict[str, Any]:
     """The report of ``model`` on each split; ``report_json`` makes it plain JSON."""
     predictor = predictor_for(model, threads)
     results = {}
     for key, (source, split) in splits.items():
         started = time.perf_counter()
-        result = evaluate_split(predictor, split, flip_tta)
-        log.info("%s on %s: accuracy %.4f%s (%.0f s)", Path(model).name, key, result["plain"].accuracy,
-                 f", flip-TTA {result['flip_tta'].accuracy:.4f}" if flip_tta else "",
-                 time.perf_counter() - started)
+        result = evaluate_split(predictor, split, flip_tta, zoom_tta)
+        log.info("%s on %s: %s (%.0f s)", Path(model).name, key, _accuracies(result), time.perf_counter() - started)
         results[key] = {"source": source, **result}
     return {
         "model": str(model),
@@ -287,6 +305,10 @@ def evaluate(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "results": results,
     }
+
+
+def _accuracies(result: dict[str, Any]) -> str:
+    return ", ".join(f"{VARIANTS[v] or 'accuracy'} {result[v].accuracy:.4f}" for v in VARIANTS if v in result)
 
 
 def report_json(report: dict[str, Any]) -> dict[str, Any]:
@@ -313,14 +335,14 @@ def write_artifacts(report: dict[str, Any], out_dir: Path, keys: Iterable[str] |
     written = []
     for key in keys:
         result = report["results"][key]
-        for variant in ("plain", "flip_tta"):
+        for variant, words in VARIANTS.items():
             if variant not in result:
                 continue
-            stem = f"{prefix}confusion_{key}" + ("_flip_tta" if variant == "flip_tta" else "")
+            stem = figure_key(f"{prefix}confusion_{key}", variant)
             write_confusion_csv(result[variant], out_dir / f"{stem}.csv")
             written.append(out_dir / f"{stem}.csv")
             if key in plot_keys:
-                title = f"{Path(report['model']).name} on {key}" + (" (flip-TTA)" if variant == "flip_tta" else "")
+                title = f"{Path(report['model']).name} on {key}" + (f" ({words})" if words else "")
                 plot_confusion(result[variant], out_dir / f"{stem}.png", title)
                 written.append(out_dir / f"{stem}.png")
     return written
@@ -343,6 +365,13 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                              "'' to skip)")
 
 
+def add_zoom_argument(parser: argparse.ArgumentParser) -> None:
+    """``--zoom-tta``, shared with ``ship``."""
+    parser.add_argument("--zoom-tta", type=float, nargs="*", default=[], metavar="FACTOR",
+                        help="also evaluate averaged over the face zoomed by these factors and, with flip-TTA, "
+                             "their mirrors (the box's [model] zoom_tta), e.g. --zoom-tta 0.93")
+
+
 def original_path(args: argparse.Namespace) -> Path | None:
     if args.original is None:
         candidate = args.data.parent / ORIGINAL_TEST_NAME
@@ -355,6 +384,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     parser.add_argument("--no-flip-tta", dest="flip_tta", action="store_false",
                         help="skip the horizontal-flip test-time augmentation pass")
+    add_zoom_argument(parser)
     parser.add_argument("--out", type=Path, default=None,
                         help="folder for report.json and confusion matrices (default: print only)")
     parser.add_argument("--run", type=Path, default=None, help="run folder whose state.json to plot as curves")
@@ -363,14 +393,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    report = evaluate(args.model, load_eval_splits(args.data, original_path(args)), args.flip_tta, args.threads)
+    zooms = tuple(args.zoom_tta)
+    report = evaluate(args.model, load_eval_splits(args.data, original_path(args)), args.flip_tta, args.threads,
+                      zooms)
     if args.timing and args.model.suffix == ".tflite":
         report["speed"] = ms_per_face(args.model, args.threads)
     for key, result in report["results"].items():
-        line = f"{key:>24}: accuracy {result['plain'].accuracy:.4f}  macro-F1 {result['plain'].macro_f1:.4f}"
-        if "flip_tta" in result:
-            line += f"  flip-TTA {result['flip_tta'].accuracy:.4f}"
-        print(line)
+        print(f"{key:>24}: {_accuracies(result)}  macro-F1 {result['plain'].macro_f1:.4f}")
     if "speed" in report:
         print(f"{report['speed']['ms_median']:.2f} ms/face ({report['speed']['runtime']}, "
               f"{report['speed']['threads']} thread)")

@@ -182,6 +182,7 @@ def describe(model_path: Path, name: str, params: int, macs: int) -> dict[str, A
         "params": params,
         "macs": macs,
         "flip_tta": False,
+        "zoom_tta": [],
         "created": created.isoformat(timespec="seconds"),
     }
 

@@ -74,6 +74,19 @@ class ModelConfig(Section):
     path: str = Field("models/emotion_int8.tflite", description="int8 TFLite model; metadata JSON beside it")
     threads: int = Field(1, ge=1, le=8, description="interpreter threads")
     flip_tta: bool = Field(True, description="average with the mirrored face (doubles classify time)")
+    zoom_tta: tuple[float, ...] = Field((0.93,), description="also average over the face zoomed by these factors")
+
+    @field_validator("zoom_tta")
+    @classmethod
+    def _sensible_zooms(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        # Beyond these the face loses its chin and brows, or shrinks into a reflected
+        # border the model never saw in training (it was trained with zoom up to ±10 %).
+        wrong = [z for z in value if not 0.8 <= z <= 1.25 or z == 1.0]
+        if wrong:
+            raise ValueError(f"zoom factors must lie in 0.8-1.25 and not be 1.0 (the face itself); got {wrong}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"zoom factors repeat: {list(value)}")
+        return value
 
 
 class PipelineConfig(Section):

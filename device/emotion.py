@@ -25,7 +25,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from device.events import Box, ModelLoaded
-from device.preprocess import CROP_MARGIN, EMOTIONS, FACE_SIZE, crop_square, face_pixels, quantize_input
+from device.preprocess import (
+    CROP_MARGIN,
+    EMOTIONS,
+    FACE_SIZE,
+    crop_square,
+    face_pixels,
+    quantize_input,
+    tta_views,
+)
 
 if TYPE_CHECKING:
     from device.config import Config
@@ -111,9 +119,10 @@ class ModelInfo:
     sha256: str
     size_bytes: int
     input_dtype: str
-    accuracy: float | None  # PrivateTest accuracy from the metadata, int8 (with flip-TTA when it is on)
+    accuracy: float | None  # PrivateTest accuracy from the metadata, int8, with this box's TTA where measured
     runtime: str  # e.g. "ai_edge_litert 2.3.0"
     flip_tta: bool  # whether this box averages with the mirrored face
+    zoom_tta: tuple[float, ...]  # the zooms of the face it also averages over
 
     def loaded_event(self) -> ModelLoaded:
         return ModelLoaded(path=self.path, version=self.version, sha256=self.sha256, accuracy=self.accuracy)
@@ -221,12 +230,17 @@ def _check_tensors(path: Path, meta: dict[str, Any], interpreter: Any) -> tuple[
     return inp, out
 
 
-def _accuracy(meta: dict[str, Any], flip_tta: bool) -> float | None:
+def _accuracy(meta: dict[str, Any], flip_tta: bool, zoom_tta: tuple[float, ...]) -> float | None:
+    """The metadata's PrivateTest figure for the views this box averages, else the plain int8 one."""
     accuracy = meta.get("accuracy")
     private = accuracy.get("private_test") if isinstance(accuracy, dict) else None
     if not isinstance(private, dict):
         return None
-    value = private.get("int8_flip_tta") if flip_tta else None
+    if zoom_tta:
+        measured = flip_tta and tuple(meta.get("zoom_tta") or ()) == zoom_tta
+        value = private.get("int8_zoom_tta") if measured else None
+    else:
+        value = private.get("int8_flip_tta") if flip_tta else None
     value = private.get("int8") if value is None else value
     return float(value) if isinstance(value, (int, float)) else None
 
@@ -247,7 +261,7 @@ def _probe_face() -> np.ndarray:
     return face_pixels((255 - radius * (255 / radius.max())).astype(np.uint8))
 
 
-def _load(path: Path, runtime: Runtime, threads: int, flip_tta: bool) -> _Model:
+def _load(path: Path, runtime: Runtime, threads: int, flip_tta: bool, zoom_tta: tuple[float, ...]) -> _Model:
     """Read, check, load and test one model; raises ModelError naming the first failed check."""
     meta = _read_metadata(path)
     try:
@@ -272,9 +286,10 @@ def _load(path: Path, runtime: Runtime, threads: int, flip_tta: bool) -> _Model:
         sha256=hashlib.sha256(content).hexdigest(),
         size_bytes=len(content),
         input_dtype=np.dtype(inp["dtype"]).name,
-        accuracy=_accuracy(meta, flip_tta),
+        accuracy=_accuracy(meta, flip_tta, zoom_tta),
         runtime=str(runtime),
         flip_tta=flip_tta,
+        zoom_tta=zoom_tta,
     )
     model = _Model(
         info=info,
@@ -298,6 +313,9 @@ def _load(path: Path, runtime: Runtime, threads: int, flip_tta: bool) -> _Model:
                             "the model must end in softmax")
     if meta.get("flip_tta") and not flip_tta:
         log.info("model %s was evaluated with flip-TTA; [model] flip_tta = true would match its figures", path.name)
+    if meta.get("zoom_tta") and tuple(meta["zoom_tta"]) != zoom_tta:
+        log.info("model %s was evaluated with zooms %s; [model] zoom_tta = %s would match its figures",
+                 path.name, meta["zoom_tta"], list(meta["zoom_tta"]))
     return model
 
 
@@ -321,6 +339,11 @@ def _normalise(raw: np.ndarray) -> np.ndarray:
     return np.where(totals > 0, probs / np.where(totals > 0, totals, 1.0), 1.0 / probs.shape[1])
 
 
+def _tta_text(flip: bool, zooms: tuple[float, ...]) -> str:
+    parts = (["flip"] if flip else []) + [f"zoom {z:g}" for z in zooms]
+    return f", TTA {' + '.join(parts)}" if parts else ""
+
+
 class EmotionClassifier:
     """Faces -> 7 FER2013 probabilities, through one checked model that can be swapped at run time.
 
@@ -335,15 +358,17 @@ class EmotionClassifier:
         *,
         threads: int = 1,
         flip_tta: bool = False,
+        zoom_tta: tuple[float, ...] = (),
         crop_margin: float = CROP_MARGIN,
         runtime: Runtime | None = None,
     ) -> None:
         self._runtime = runtime or load_runtime()
         self._threads = threads
         self._flip_tta = flip_tta
+        self._zoom_tta = tuple(zoom_tta)
         self._crop_margin = crop_margin
         self._lock = threading.Lock()
-        self._model = _load(Path(path), self._runtime, threads, flip_tta)
+        self._model = _load(Path(path), self._runtime, threads, flip_tta, self._zoom_tta)
         self._log_loaded("loaded")
 
     @classmethod
@@ -352,6 +377,7 @@ class EmotionClassifier:
             config.resolve(config.model.path),
             threads=config.model.threads,
             flip_tta=config.model.flip_tta,
+            zoom_tta=tuple(config.model.zoom_tta),
             crop_margin=config.detector.crop_margin,
             runtime=runtime,
         )
@@ -368,6 +394,10 @@ class EmotionClassifier:
     def flip_tta(self) -> bool:
         return self._flip_tta
 
+    @property
+    def zoom_tta(self) -> tuple[float, ...]:
+        return self._zoom_tta
+
     def classify(self, gray: np.ndarray, box: Box) -> tuple[float, ...]:
         """The face at ``box`` (x, y, w, h) in a grayscale frame -> 7 probabilities summing to 1."""
         x, y, w, h = box
@@ -379,23 +409,25 @@ class EmotionClassifier:
         face = face_pixels(crop_square(gray, box, self._crop_margin))
         return tuple(float(p) for p in self.classify_faces(face[np.newaxis])[0])
 
-    def classify_faces(self, faces: np.ndarray, flip_tta: bool | None = None) -> np.ndarray:
+    def classify_faces(
+        self, faces: np.ndarray, flip_tta: bool | None = None, zoom_tta: tuple[float, ...] | None = None
+    ) -> np.ndarray:
         """Preprocessed faces (N, 48, 48) uint8, as ``face_pixels`` makes them -> probabilities (N, 7).
 
-        ``flip_tta`` overrides the configured flip test-time augmentation, so an
-        evaluation can measure both.
+        With test-time augmentation the result is the mean of the views'
+        distributions (``tta_views``). ``flip_tta`` and ``zoom_tta`` override the
+        configured ones, so an evaluation or a benchmark can measure each.
         """
         faces = np.asarray(faces)
         if faces.ndim != 3 or faces.shape[1:] != (FACE_SIZE, FACE_SIZE) or faces.dtype != np.uint8:
             raise ValueError(f"expected uint8 faces of shape (N, {FACE_SIZE}, {FACE_SIZE}), "
                              f"got {faces.dtype} {faces.shape}")
         flip = self._flip_tta if flip_tta is None else flip_tta
+        zooms = self._zoom_tta if zoom_tta is None else tuple(zoom_tta)
+        views = tta_views(faces, flip, zooms)
         with self._lock:
-            probs = _normalise(_invoke(self._model, faces))
-            if flip:
-                # Equalisation commutes with a mirror, so flipping the equalised face is exact.
-                probs = _normalise(probs + _normalise(_invoke(self._model, faces[:, :, ::-1])))
-        return probs
+            total = sum(_normalise(_invoke(self._model, view)) for view in views)
+        return _normalise(total) if len(views) > 1 else total
 
     def reload(self, path: str | Path | None = None) -> ModelInfo:
         """Check the model at ``path`` (default: the current path again) fully, then swap it in.
@@ -403,7 +435,7 @@ class EmotionClassifier:
         Raises ModelError if any check fails; the model already loaded keeps serving.
         """
         target = Path(path) if path is not None else Path(self._model.info.path)
-        model = _load(target, self._runtime, self._threads, self._flip_tta)
+        model = _load(target, self._runtime, self._threads, self._flip_tta, self._zoom_tta)
         with self._lock:
             self._model = model
         self._log_loaded("reloaded")
@@ -414,4 +446,4 @@ class EmotionClassifier:
         accuracy = f"{info.accuracy:.1%}" if info.accuracy is not None else "n/a"
         log.info("%s model %s version %s (sha256 %s, %s input, PrivateTest %s) on %s, %d thread(s)%s",
                  verb, info.name, info.version, info.sha256[:12], info.input_dtype, accuracy, info.runtime,
-                 self._threads, ", flip-TTA" if self._flip_tta else "")
+                 self._threads, _tta_text(self._flip_tta, self._zoom_tta))

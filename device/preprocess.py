@@ -19,6 +19,8 @@ __all__ = [
     "crop_square",
     "face_pixels",
     "quantize_input",
+    "tta_views",
+    "zoom_face",
 ]
 
 #: FER2013 class order: the model's output index i is EMOTIONS[i].
@@ -81,3 +83,35 @@ def quantize_input(faces: np.ndarray, scale: float, zero_point: int, dtype: np.d
     info = np.iinfo(dtype)
     q = np.round(real / scale + zero_point)
     return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def zoom_face(faces: np.ndarray, factor: float) -> np.ndarray:
+    """Equalised faces (N, 48, 48) scaled by ``factor`` about their centre, borders reflected.
+
+    Below 1 the face shrinks and more of its surroundings (reflected) show, like
+    a wider crop margin; above 1 it fills more of the frame.
+    """
+    centre = (FACE_SIZE - 1) / 2.0
+    matrix = cv2.getRotationMatrix2D((centre, centre), 0.0, factor)
+    return np.stack([
+        cv2.warpAffine(face, matrix, (FACE_SIZE, FACE_SIZE), flags=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_REFLECT_101)
+        for face in faces
+    ]) if len(faces) else faces
+
+
+def tta_views(faces: np.ndarray, flip: bool, zooms: tuple[float, ...] = ()) -> list[np.ndarray]:
+    """The batches a test-time-augmented classification averages over.
+
+    In this order: the faces, their mirror (with ``flip``), then each zoom of
+    the faces and, with ``flip``, its mirror. The order is part of the contract:
+    the evaluation reads the flip-only figure from the first two views.
+    """
+    views = []
+    for factor in (1.0, *zooms):
+        view = faces if factor == 1.0 else zoom_face(faces, factor)
+        views.append(view)
+        if flip:
+            # Equalisation commutes with a mirror, so flipping the equalised face is exact.
+            views.append(np.ascontiguousarray(view[:, :, ::-1]))
+    return views

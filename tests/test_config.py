@@ -66,6 +66,17 @@ def test_out_of_range_names_bound():
     assert message == "'mood.confidence' (line 2) = 1.5: Input should be less than or equal to 1"
 
 
+def test_zoom_tta_factors_are_checked():
+    (message,) = problems("[model]\nzoom_tta = [0.93, 1.0]\n")
+    assert message.startswith("'model.zoom_tta' (line 2) = [0.93, 1.0]: ")
+    assert "0.8-1.25" in message and "[1.0]" in message
+    (message,) = problems("[model]\nzoom_tta = [0.5]\n")
+    assert "[0.5]" in message
+    (message,) = problems("[model]\nzoom_tta = [0.9, 0.9]\n")
+    assert "repeat" in message
+    assert parse_config("[model]\nzoom_tta = []\n", "test.toml").model.zoom_tta == ()
+
+
 def test_bad_choice_lists_choices():
     (message,) = problems("[camera]\nsource = \"webcam\"\n")
     assert "'camera.source' (line 2) = 'webcam'" in message

@@ -30,7 +30,7 @@ from convert import evaluate as ev
 from convert import flash as fl
 from convert.data import Split, folder_label, load_csv, load_folder
 from convert.quantize import min_runtime_version, op_versions, representative_faces
-from convert.ship import ACCURACY_BAR
+from convert.ship import ACCURACY_BAR, headline_variant
 from device.preprocess import EMOTIONS, face_pixels
 
 SHIPPED = REPO / "models" / "emotion_int8.tflite"
@@ -190,7 +190,7 @@ def chain(tmp_path_factory):
     shipped = _convert_cli(python, "ship", "--model", str(root / "run" / "best.keras"),
                            "--data", str(root / "tiny.csv.gz"), "--original", str(root / "original.csv"),
                            "--out", str(root / "models"), "--docs", str(root / "docs"), "--build", str(root / "build"),
-                           "--samples", "70", cwd=root)
+                           "--samples", "70", "--flip-tta", "--zoom-tta", "0.93", cwd=root)
     (root / "stdout.txt").write_text(shipped)
     return root
 
@@ -226,15 +226,22 @@ def test_shipped_tiny_model_metadata(chain):
     assert meta["sha256"][:8] in meta["version"]
     assert version(meta["min_runtime_version"]) <= TFLITE_214
     assert meta["ops"].get("FULLY_CONNECTED", 0) < 12 and "DEQUANTIZE" not in meta["ops"]
-    assert meta["params"] > 10_000 and meta["macs"] > meta["params"] and meta["flip_tta"] is False
+    assert meta["params"] > 10_000 and meta["macs"] > meta["params"]
+    assert meta["flip_tta"] is True and meta["zoom_tta"] == [0.93]
     assert meta["data"] == {"source": "tiny.csv.gz", "train": "Training", "tune": "PublicTest",
                             "report": "PrivateTest", "original_test": "original.csv"}
     private = meta["accuracy"]["private_test"]
-    for key in ("float", "int8", "int8_flip_tta", "macro_f1_int8", "float_flip_tta"):
-        assert 0.0 <= private[key] <= 1.0
-    assert set(private["recall_int8"]) == set(EMOTIONS) and private["faces"] == 70
+    for variant in ("", "_flip_tta", "_zoom_tta"):
+        for key in ("float", "int8", "macro_f1_int8", "macro_f1_float"):
+            assert 0.0 <= private[key + variant] <= 1.0
+        assert set(private["recall_int8" + variant]) == set(EMOTIONS)
+    assert private["faces"] == 70
     assert {"public_test", "private_test_original", "public_test_original"} <= set(meta["accuracy"])
+    headline = private["int8_zoom_tta"]
+    assert meta["release"]["status"] == ("final" if headline >= BAR else "provisional")
     assert meta["speed"]["int8"]["ms_median"] > 0 and meta["speed"]["int8"]["threads"] == 1
+    # The box's flip + zoom TTA: the face, its mirror, the zoom and its mirror.
+    assert meta["speed"]["int8"]["views"] == 1 and meta["speed"]["int8_tta"]["views"] == 4
     assert meta["training"]["config"]["width"] == 8 and meta["training"]["epochs_run"] == 1
     assert meta["training"]["train_seconds"] > 0
     assert meta["calibration_faces"] == 70
@@ -247,7 +254,8 @@ def test_shipped_tiny_model_metadata(chain):
 
 def test_shipped_tiny_model_docs(chain):
     docs = chain / "docs"
-    for name in ("confusion_private_test.png", "confusion_private_test_flip_tta.png", "curves.png"):
+    for name in ("confusion_private_test.png", "confusion_private_test_flip_tta.png",
+                 "confusion_private_test_zoom_tta.png", "curves.png"):
         assert (docs / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = pd.read_csv(docs / "confusion_private_test.csv", index_col=0)
     assert list(table.columns) == list(EMOTIONS) and list(table.index) == list(EMOTIONS)
@@ -275,10 +283,12 @@ def test_tiny_model_in_ai_edge_litert(chain):
 
     # evaluate, in-process on LiteRT: the same figures as the chain measured under tf.lite, within a face.
     splits = ev.load_eval_splits(chain / "tiny.csv.gz", chain / "original.csv")
-    report = ev.evaluate(model, splits, flip_tta=True)
+    report = ev.evaluate(model, splits, flip_tta=True, zoom_tta=(0.93,))
     assert report["runtime"].startswith("ai_edge_litert")
     for key, result in report["results"].items():
-        assert result["plain"].accuracy == pytest.approx(meta["accuracy"][key]["int8"], abs=1.5 / 70)
+        for variant in ("plain", "flip_tta", "zoom_tta"):
+            figure = meta["accuracy"][key]["int8" + ("" if variant == "plain" else f"_{variant}")]
+            assert result[variant].accuracy == pytest.approx(figure, abs=1.5 / 70), (key, variant)
         assert sum(result["plain"].support) == 70
 
 
@@ -308,10 +318,11 @@ def test_evaluate_cli_without_tensorflow(chain, tmp_path):
     model = chain / "models" / "emotion_int8.tflite"
     done = subprocess.run([sys.executable, "-m", "convert", "evaluate", "--model", str(model),
                            "--data", str(chain / "tiny.csv.gz"), "--original", str(chain / "original.csv"),
-                           "--out", str(tmp_path), "--run", str(chain / "run")],
+                           "--out", str(tmp_path), "--run", str(chain / "run"), "--zoom-tta", "0.93"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "private_test_original" in done.stdout and "ms/face" in done.stdout
+    assert "flip-TTA" in done.stdout and "flip + zoom TTA" in done.stdout
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["sha256"] == ev.sha256_file(model)
     assert report["speed"]["threads"] == 1
@@ -724,7 +735,8 @@ def test_shipped_model_matches_its_metadata(shipped_model):
     if "float_model" in meta:
         assert meta["float_model"]["sha256"] == ev.sha256_file(shipped_model.parent / meta["float_model"]["file"])
     # A model below the bar may ship only if its metadata says it is provisional.
-    headline = meta["accuracy"]["private_test"]["int8_flip_tta" if meta["flip_tta"] else "int8"]
+    variant = headline_variant(meta["flip_tta"], tuple(meta.get("zoom_tta", ())))
+    headline = meta["accuracy"]["private_test"][ev.figure_key("int8", variant)]
     assert meta["release"]["status"] == ("final" if headline >= BAR else "provisional"), meta["release"]
     # The same faces with their original pixels, equalised by the model's preprocessing, score the same.
     if "private_test_original" in meta["accuracy"]:
@@ -739,9 +751,11 @@ def test_shipped_model_private_test_accuracy(shipped_model):
     meta = json.loads(shipped_model.with_suffix(".json").read_text())
     claimed = meta["accuracy"]["private_test"]
     splits = ev.eval_splits(data.name, load_csv(data, usages=("PrivateTest",)))
-    result = ev.evaluate(shipped_model, splits, flip_tta=meta["flip_tta"])["results"]["private_test"]
-    measured = result["flip_tta" if meta["flip_tta"] else "plain"].accuracy
-    headline = claimed["int8_flip_tta" if meta["flip_tta"] else "int8"]
+    zooms = tuple(meta.get("zoom_tta", ()))
+    result = ev.evaluate(shipped_model, splits, flip_tta=meta["flip_tta"], zoom_tta=zooms)["results"]["private_test"]
+    variant = headline_variant(meta["flip_tta"], zooms)
+    measured = result[variant].accuracy
+    headline = claimed[ev.figure_key("int8", variant)]
     assert measured >= headline - 0.005, f"PrivateTest {measured:.4f}, metadata claims {headline:.4f}"
     if meta["release"]["status"] == "final":
         assert measured >= BAR, f"PrivateTest {measured:.4f} is below the {BAR:.0%} bar"

@@ -22,7 +22,7 @@ import tiny_model
 from conftest import REPO, TFLITE_VENV, venv_python
 from device.config import parse_config
 from device.emotion import EmotionClassifier, ModelError, Runtime, load_runtime
-from device.preprocess import EMOTIONS, crop_square, face_pixels
+from device.preprocess import EMOTIONS, crop_square, face_pixels, tta_views, zoom_face
 
 SHIPPED = REPO / "models" / "emotion_int8.tflite"
 FER_FACES = 500  # the first PrivateTest rows of the original-pixel test file
@@ -178,20 +178,66 @@ def test_flip_tta_averages_with_the_mirrored_face(tiny_dir: Path, tiny: EmotionC
     assert tta.flip_tta and not tiny.flip_tta
 
 
-def test_flip_tta_reports_the_matching_accuracy(tiny_dir: Path, tmp_path: Path):
+def test_zoom_face_scales_about_the_centre():
+    face = np.zeros((1, 48, 48), dtype=np.uint8)
+    face[0, 12:36, 12:36] = 255  # a 24 px square in the middle
+    for factor, side in ((0.85, 20), (0.93, 22), (1.25, 30)):
+        zoomed = zoom_face(face, factor)[0]
+        rows, cols = np.nonzero(zoomed > 127)
+        assert rows.max() - rows.min() + 1 == pytest.approx(side, abs=1), factor
+        assert (rows.min() + rows.max()) / 2 == pytest.approx(23.5, abs=0.5)  # still centred
+        assert (cols.min() + cols.max()) / 2 == pytest.approx(23.5, abs=0.5)
+    # Zoomed out, the border is the face reflected, not black: no new dark frame for the model.
+    out = zoom_face(np.full((1, 48, 48), 200, dtype=np.uint8), 0.85)
+    assert out.min() == 200
+
+
+def test_tta_views_are_the_face_its_mirror_and_each_zoom():
+    faces = np.random.default_rng(3).integers(0, 256, (2, 48, 48), dtype=np.uint8)
+    views = tta_views(faces, flip=True, zooms=(0.93, 1.1))
+    assert len(views) == 6 and len(tta_views(faces, flip=False, zooms=(0.93,))) == 2
+    np.testing.assert_array_equal(views[0], faces)
+    np.testing.assert_array_equal(views[1], faces[:, :, ::-1])
+    np.testing.assert_array_equal(views[2], zoom_face(faces, 0.93))
+    np.testing.assert_array_equal(views[3], zoom_face(faces, 0.93)[:, :, ::-1])
+    np.testing.assert_array_equal(views[5], zoom_face(faces, 1.1)[:, :, ::-1])
+    assert tta_views(faces, flip=False) == [faces]
+
+
+def test_zoom_tta_averages_over_every_view(tiny_dir: Path, tiny: EmotionClassifier, eval_set):
+    faces, labels = eval_set
+    tta = EmotionClassifier(tiny_dir / "tiny_int8.tflite", flip_tta=True, zoom_tta=(0.93,))
+    views = [tiny.classify_faces(view) for view in tta_views(faces, True, (0.93,))]
+    np.testing.assert_allclose(tta.classify_faces(faces), renormalised(sum(views)), atol=1e-12)
+    np.testing.assert_allclose(tta.classify_faces(faces, zoom_tta=()), renormalised(views[0] + views[1]), atol=1e-12)
+    np.testing.assert_allclose(tiny.classify_faces(faces, zoom_tta=(0.93,)), renormalised(views[0] + views[2]),
+                               atol=1e-12)
+    assert not np.allclose(views[2], views[0])  # the zoomed face is another view, not a copy
+    assert (tta.classify_faces(faces).argmax(axis=1) == labels).mean() >= 0.95
+    assert tta.zoom_tta == (0.93,) and tiny.zoom_tta == ()
+
+
+def test_tta_reports_the_matching_accuracy(tiny_dir: Path, tmp_path: Path):
     path = copy_model(tiny_dir, "tiny_int8", tmp_path)
-    edit_metadata(path, lambda m: m["accuracy"]["private_test"].update(int8=0.71, int8_flip_tta=0.73))
+    edit_metadata(path, lambda m: (m["accuracy"]["private_test"].update(int8=0.71, int8_flip_tta=0.73,
+                                                                         int8_zoom_tta=0.75),
+                                   m.update(flip_tta=True, zoom_tta=[0.93])))
     assert EmotionClassifier(path).info.accuracy == 0.71
     assert EmotionClassifier(path, flip_tta=True).info.accuracy == 0.73
+    assert EmotionClassifier(path, flip_tta=True, zoom_tta=(0.93,)).info.accuracy == 0.75
+    # Views the model was not evaluated with get the plain figure, not a borrowed one.
+    assert EmotionClassifier(path, flip_tta=True, zoom_tta=(0.9,)).info.accuracy == 0.71
+    assert EmotionClassifier(path, zoom_tta=(0.93,)).info.accuracy == 0.71
 
 
 def test_from_config_resolves_the_path_and_uses_the_settings(tiny_dir: Path, tmp_path: Path):
     (tmp_path / "m").mkdir()
     path = copy_model(tiny_dir, "tiny_int8", tmp_path / "m")
-    text = '[model]\npath = "m/tiny_int8.tflite"\nthreads = 2\nflip_tta = true\n[detector]\ncrop_margin = 0.0\n'
+    text = ('[model]\npath = "m/tiny_int8.tflite"\nthreads = 2\nflip_tta = true\nzoom_tta = [0.9, 1.1]\n'
+            '[detector]\ncrop_margin = 0.0\n')
     classifier = EmotionClassifier.from_config(parse_config(text, "test.toml", tmp_path))
     assert classifier.info.path == str(path.resolve())
-    assert classifier.flip_tta
+    assert classifier.flip_tta and classifier.zoom_tta == (0.9, 1.1)
     face = np.kron(np.load(tiny_dir / tiny_model.EVAL_FACES)[0], np.ones((2, 2), dtype=np.uint8))
     # crop_margin 0: the box is the whole face, so the frame path equals the face path.
     np.testing.assert_allclose(classifier.classify(face, (0, 0, 96, 96)),

@@ -76,6 +76,7 @@ def metadata_for(model: Path, *, input_dtype: str, scale: float, zero_point: int
         "params": 0,
         "macs": 0,
         "flip_tta": False,
+        "zoom_tta": [],
         "data": {"source": "synthetic bands (tests/tiny_model.py)", "train": "synthetic", "tune": "none",
                  "report": "synthetic"},
         "accuracy": {"private_test": {"float": accuracy, "int8": accuracy, "int8_flip_tta": accuracy,
